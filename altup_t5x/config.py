@@ -1,0 +1,184 @@
+"""One frozen configuration for the T5.1.1 encoder-decoder and its AltUp settings.
+
+Field names of the T5.1.1 part follow T5X's `t5x.examples.t5.network.T5Config`, so gin files written
+for T5X carry over. The AltUp fields are described in the README ("AltUp settings") and in
+`altup_t5x.altup`. Every value is checked in `AltUpConfig.__post_init__`, so a bad setting fails when
+the config is built (for gin: when the model is built), long before anything is compiled.
+"""
+import dataclasses
+from typing import Any, Optional, Sequence, Tuple
+
+import jax.numpy as jnp
+
+SELECTIONS = ('alternating', 'same')
+LAYER_INPUTS = ('input', 'predicted')
+EMBEDDINGS = ('wide', 'recycled')
+REDUCTIONS = ('mean', 'sum', 'projection')
+COEF_INITS = ('identity', 'normal')
+ACTIVATIONS = ('gelu', 'linear', 'relu', 'silu', 'swish', 'tanh')
+DTYPES = ('float32', 'bfloat16', 'float16')
+
+# T5.1.1 sizes as in T5X's `t5x/examples/t5/t5_1_1/*.gin` (see ALTUP.md section 4); `tiny` is the
+# size T5X uses in its own end-to-end tests.
+SIZES = {
+    'tiny': dict(emb_dim=8, num_heads=4, num_encoder_layers=2, num_decoder_layers=2,
+                 head_dim=3, mlp_dim=16),
+    'small': dict(emb_dim=512, num_heads=6, num_encoder_layers=8, num_decoder_layers=8,
+                  head_dim=64, mlp_dim=1024),
+    'base': dict(emb_dim=768, num_heads=12, num_encoder_layers=12, num_decoder_layers=12,
+                 head_dim=64, mlp_dim=2048),
+    'large': dict(emb_dim=1024, num_heads=16, num_encoder_layers=24, num_decoder_layers=24,
+                  head_dim=64, mlp_dim=2816),
+    'xl': dict(emb_dim=2048, num_heads=32, num_encoder_layers=24, num_decoder_layers=24,
+               head_dim=64, mlp_dim=5120),
+}
+
+
+class ConfigError(ValueError):
+  """A setting has a value outside what it allows; the message names both."""
+
+
+def _check_choice(name: str, value: Any, allowed: Sequence[str]):
+  if value not in allowed:
+    raise ConfigError(f'AltUpConfig.{name}={value!r} is not supported; allowed values: '
+                      f'{", ".join(repr(a) for a in allowed)}.')
+
+
+def _check_int(name: str, value: Any, minimum: int):
+  if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    raise ConfigError(f'AltUpConfig.{name}={value!r} must be an integer >= {minimum}.')
+
+
+def _check_rate(name: str, value: Any):
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+    raise ConfigError(f'AltUpConfig.{name}={value!r} must be a number in [0, 1).')
+
+
+def dtype_name(dtype: Any) -> str:
+  """'float32' for jnp.float32, 'float32', np.dtype('float32'), ..."""
+  try:
+    return jnp.dtype(dtype).name
+  except TypeError as e:
+    raise ConfigError(f'AltUpConfig.dtype={dtype!r} is not a dtype; allowed: {DTYPES}.') from e
+
+
+@dataclasses.dataclass(frozen=True)
+class AltUpConfig:
+  """T5.1.1 encoder-decoder hyperparameters plus Alternating Updates.
+
+  T5.1.1 fields (same names and meaning as T5X's `T5Config`):
+    vocab_size: size of the (shared) token vocabulary, e.g. 32128 for T5's SentencePiece model.
+    dtype: activation dtype ('bfloat16' on TPU/GPU). Parameters are always float32.
+    emb_dim, num_heads, head_dim, mlp_dim, num_encoder_layers, num_decoder_layers: sizes.
+    mlp_activations: gated MLP activations; ('gelu', 'linear') is T5.1.1's gated-GELU.
+    dropout_rate: dropout after embeddings, attention, MLP and final norm (T5X's placement).
+    logits_via_embedding: tie the output projection to the embedding table (False for T5.1.1).
+    float32_attention_logits: compute attention logits/softmax in float32.
+    relative_attention_num_buckets, relative_attention_max_distance: T5's relative position bias.
+
+  AltUp fields (arXiv 2301.13310, README "AltUp settings"):
+    altup_k: number of blocks K. Each token is kept as K blocks of width emb_dim; every layer runs on
+      one block. K=1 builds exactly the plain T5.1.1 network (no AltUp parameters at all).
+    altup_selection: 'alternating' (block `layer_index mod K`, the paper's default) or 'same'
+      (always block 0).
+    altup_layer_input: what the layer reads: 'input' (the raw block x^{j*}, as the paper describes)
+      or 'predicted' (the predicted block xhat^{j*}, as Gemma 3n does).
+    altup_embedding: 'wide' (a vocab x K*emb_dim table, AltUp proper) or 'recycled' (the vocab x
+      emb_dim table replicated K times; Recycled-AltUp).
+    altup_reduction: how K blocks become one before the final norm: 'mean' (default), 'sum' (the
+      paper's wording for Recycled-AltUp) or 'projection' (a learned K*d -> d map, initialised to
+      the mean). The default is 'mean' because the final RMS norm makes sum and mean differ only
+      in how its epsilon is scaled, and mean keeps an identity-initialised Recycled model exactly
+      equal to its K=1 counterpart.
+    altup_coef_init: 'identity' (predictor p = I, corrector g = 1: every block receives the same
+      residual update; with replicated inputs the network starts equal to the baseline) or
+      'normal' (identity plus N(0, altup_coef_init_scale) noise).
+    altup_coef_init_scale: standard deviation of the noise for altup_coef_init='normal'.
+  """
+  vocab_size: int
+  dtype: Any = jnp.float32
+  emb_dim: int = 512
+  num_heads: int = 8
+  num_encoder_layers: int = 6
+  num_decoder_layers: int = 6
+  head_dim: int = 64
+  mlp_dim: int = 2048
+  mlp_activations: Sequence[str] = ('gelu', 'linear')
+  dropout_rate: float = 0.1
+  logits_via_embedding: bool = False
+  float32_attention_logits: bool = False
+  relative_attention_num_buckets: int = 32
+  relative_attention_max_distance: int = 128
+  # AltUp.
+  altup_k: int = 1
+  altup_selection: str = 'alternating'
+  altup_layer_input: str = 'input'
+  altup_embedding: str = 'wide'
+  altup_reduction: str = 'mean'
+  altup_coef_init: str = 'identity'
+  altup_coef_init_scale: float = 0.01
+
+  def __post_init__(self):
+    _check_int('vocab_size', self.vocab_size, 1)
+    for name in ('emb_dim', 'num_heads', 'head_dim', 'mlp_dim', 'relative_attention_num_buckets',
+                 'relative_attention_max_distance'):
+      _check_int(name, getattr(self, name), 1)
+    for name in ('num_encoder_layers', 'num_decoder_layers'):
+      _check_int(name, getattr(self, name), 0)
+    _check_choice('dtype', dtype_name(self.dtype), DTYPES)
+    if isinstance(self.mlp_activations, str) or not self.mlp_activations:
+      raise ConfigError(f'AltUpConfig.mlp_activations={self.mlp_activations!r} must be a non-empty '
+                        f'tuple of names from {ACTIVATIONS}.')
+    for act in self.mlp_activations:
+      _check_choice('mlp_activations', act, ACTIVATIONS)
+    _check_rate('dropout_rate', self.dropout_rate)
+    _check_int('altup_k', self.altup_k, 1)
+    _check_choice('altup_selection', self.altup_selection, SELECTIONS)
+    _check_choice('altup_layer_input', self.altup_layer_input, LAYER_INPUTS)
+    _check_choice('altup_embedding', self.altup_embedding, EMBEDDINGS)
+    _check_choice('altup_reduction', self.altup_reduction, REDUCTIONS)
+    _check_choice('altup_coef_init', self.altup_coef_init, COEF_INITS)
+    if (isinstance(self.altup_coef_init_scale, bool) or
+        not isinstance(self.altup_coef_init_scale, (int, float)) or self.altup_coef_init_scale < 0):
+      raise ConfigError(f'AltUpConfig.altup_coef_init_scale={self.altup_coef_init_scale!r} must be '
+                        'a number >= 0.')
+    if self.logits_via_embedding and self.altup_k > 1 and self.altup_embedding == 'wide':
+      raise ConfigError('AltUpConfig.logits_via_embedding=True needs a vocab x emb_dim table, but '
+                        "altup_embedding='wide' with altup_k > 1 makes it vocab x (altup_k*emb_dim); "
+                        "use altup_embedding='recycled' or logits_via_embedding=False.")
+    # Normalise containers so the config stays hashable (flax modules hash their attributes).
+    object.__setattr__(self, 'mlp_activations', tuple(self.mlp_activations))
+
+  # Derived sizes: computed here only.
+  @property
+  def use_altup(self) -> bool:
+    return self.altup_k > 1
+
+  @property
+  def embedding_dim(self) -> int:
+    """Width of the token embedding table."""
+    return self.emb_dim * (self.altup_k if self.altup_embedding == 'wide' else 1)
+
+  @property
+  def widened_dim(self) -> int:
+    """Width of the AltUp-widened representation, K * emb_dim."""
+    return self.emb_dim * self.altup_k
+
+  def active_block(self, layer_index: int) -> int:
+    """The block j* a layer runs on."""
+    if self.altup_selection == 'same':
+      return 0
+    return layer_index % self.altup_k
+
+  @classmethod
+  def from_size(cls, size: str, **overrides) -> 'AltUpConfig':
+    """A config of one of the T5.1.1 SIZES, with any field overridden."""
+    if size not in SIZES:
+      raise ConfigError(f'size={size!r} is not one of {", ".join(map(repr, SIZES))}.')
+    kwargs = dict(vocab_size=32128)
+    kwargs.update(SIZES[size])
+    kwargs.update(overrides)
+    return cls(**kwargs)
+
+  def replace(self, **changes) -> 'AltUpConfig':
+    return dataclasses.replace(self, **changes)

@@ -1,0 +1,258 @@
+"""The AltUp T5.1.1 encoder-decoder, with the network interface T5X's EncoderDecoderModel calls.
+
+Composition only: the T5.1.1 layers are the plain ones from `layers.py`; AltUp wraps each of them
+from the outside (predict -> run the layer on one block -> correct, `altup.altup_step`). The
+parameter tree of an AltUp model is the baseline tree plus, per layer, `altup_{i}/predict` [K, K]
+and `altup_{i}/correct` [K] (and a K*d-wide embedding for the wide variant).
+
+Activations: [b, l, d] inside a layer; [b, l, k, d] between AltUp layers.
+"""
+from typing import Optional
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from altup_t5x import altup
+from altup_t5x import layers
+from altup_t5x.config import AltUpConfig
+
+param_with_axes = layers.param_with_axes
+with_sharding_constraint = layers.with_sharding_constraint
+
+BLOCK_AXES = ('batch', 'length', 'altup_blocks', 'embed')
+EMBED_AXES = ('batch', 'length', 'embed')
+
+
+def _dropout(cfg: AltUpConfig):
+  # T5X shares the dropout mask along the length axis.
+  return nn.Dropout(rate=cfg.dropout_rate, broadcast_dims=(-2,))
+
+
+class AltUpCoefficients(nn.Module):
+  """The K*K predictor and K corrector scalars of one layer (float32, whatever the dtype)."""
+  config: AltUpConfig
+
+  @nn.compact
+  def __call__(self, x_active=None):
+    """Returns (p [k, k], g [k]); `x_active` is unused (input-independent coefficients)."""
+    cfg = self.config
+    k = cfg.altup_k
+    scale = cfg.altup_coef_init_scale if cfg.altup_coef_init == 'normal' else 0.0
+
+    def p_init(rng, shape, dtype):
+      return jnp.eye(k, dtype=dtype) + scale * nn.initializers.normal(1.0)(rng, shape, dtype)
+
+    def g_init(rng, shape, dtype):
+      return jnp.ones(shape, dtype) + scale * nn.initializers.normal(1.0)(rng, shape, dtype)
+
+    p = param_with_axes('predict', p_init, (k, k), jnp.float32,
+                        axes=('altup_blocks', 'altup_blocks_in'))
+    g = param_with_axes('correct', g_init, (k,), jnp.float32, axes=('altup_blocks',))
+    return p, g
+
+
+class EncoderLayer(nn.Module):
+  """One T5.1.1 encoder layer on a d-wide block: [b, l, d] -> [b, l, d]."""
+  config: AltUpConfig
+
+  @nn.compact
+  def __call__(self, inputs, encoder_mask=None, encoder_bias=None, deterministic=False):
+    cfg = self.config
+    x = layers.RMSNorm(dtype=cfg.dtype, name='pre_attention_layer_norm')(inputs)
+    x = layers.MultiHeadDotProductAttention(
+        num_heads=cfg.num_heads, head_dim=cfg.head_dim, dtype=cfg.dtype,
+        dropout_rate=cfg.dropout_rate, float32_logits=cfg.float32_attention_logits,
+        name='attention')(x, x, encoder_mask, encoder_bias, deterministic=deterministic)
+    x = _dropout(cfg)(x, deterministic=deterministic) + inputs
+    y = layers.RMSNorm(dtype=cfg.dtype, name='pre_mlp_layer_norm')(x)
+    y = layers.MlpBlock(intermediate_dim=cfg.mlp_dim, activations=cfg.mlp_activations,
+                        intermediate_dropout_rate=cfg.dropout_rate, dtype=cfg.dtype,
+                        name='mlp')(y, deterministic=deterministic)
+    y = _dropout(cfg)(y, deterministic=deterministic) + x
+    return with_sharding_constraint(y, EMBED_AXES)
+
+
+class DecoderLayer(nn.Module):
+  """One T5.1.1 decoder layer on a d-wide block: [b, l, d] -> [b, l, d]."""
+  config: AltUpConfig
+
+  @nn.compact
+  def __call__(self, inputs, encoded, decoder_mask=None, encoder_decoder_mask=None,
+               decoder_bias=None, deterministic=False, decode=False):
+    cfg = self.config
+    attention = lambda name: layers.MultiHeadDotProductAttention(
+        num_heads=cfg.num_heads, head_dim=cfg.head_dim, dtype=cfg.dtype,
+        dropout_rate=cfg.dropout_rate, float32_logits=cfg.float32_attention_logits, name=name)
+    x = layers.RMSNorm(dtype=cfg.dtype, name='pre_self_attention_layer_norm')(inputs)
+    x = attention('self_attention')(x, x, decoder_mask, decoder_bias, decode=decode,
+                                    deterministic=deterministic)
+    x = _dropout(cfg)(x, deterministic=deterministic) + inputs
+    y = layers.RMSNorm(dtype=cfg.dtype, name='pre_cross_attention_layer_norm')(x)
+    y = attention('encoder_decoder_attention')(y, encoded, encoder_decoder_mask,
+                                               deterministic=deterministic)
+    y = _dropout(cfg)(y, deterministic=deterministic) + x
+    z = layers.RMSNorm(dtype=cfg.dtype, name='pre_mlp_layer_norm')(y)
+    z = layers.MlpBlock(intermediate_dim=cfg.mlp_dim, activations=cfg.mlp_activations,
+                        intermediate_dropout_rate=cfg.dropout_rate, dtype=cfg.dtype,
+                        name='mlp')(z, deterministic=deterministic)
+    z = _dropout(cfg)(z, deterministic=deterministic) + y
+    return with_sharding_constraint(z, EMBED_AXES)
+
+
+class AltUpStack(nn.Module):
+  """Embeds tokens into K blocks, runs AltUp-wrapped layers, reduces to d, final norm + dropout.
+
+  With altup_k == 1 it is exactly the plain T5.1.1 stack (no AltUp parameters, no wrapping).
+  Subclasses name the layers and supply `make_layer`.
+  """
+  config: AltUpConfig
+  shared_embedding: nn.Module
+  num_layers: int = 0
+  norm_name: str = 'encoder_norm'
+
+  def embed(self, tokens, deterministic):
+    """[b, l] -> [b, l, k, d] (or [b, l, d] when K == 1)."""
+    cfg = self.config
+    x = self.shared_embedding(tokens.astype('int32'))  # [b, l, embedding_dim]
+    x = _dropout(cfg)(x, deterministic=deterministic).astype(cfg.dtype)
+    if not cfg.use_altup:
+      return with_sharding_constraint(x, EMBED_AXES)
+    if cfg.altup_embedding == 'wide':
+      x = altup.split_blocks(x, cfg.altup_k)  # [b, l, k*d] -> [b, l, k, d]
+    else:
+      x = altup.replicate(x, cfg.altup_k)  # [b, l, d] -> [b, l, k, d]
+    return with_sharding_constraint(x, BLOCK_AXES)
+
+  def run_layers(self, x, layer_call):
+    """Applies layer_call(i, h) for each layer, through AltUp when K > 1."""
+    cfg = self.config
+    for i in range(self.num_layers):
+      fn = lambda h, i=i: layer_call(i, h)
+      if cfg.use_altup:
+        p, g = AltUpCoefficients(cfg, name=f'altup_{i}')(altup.select_block(x, cfg.active_block(i)))
+        x = altup.altup_step(x, p, g, cfg.active_block(i), fn, cfg.altup_layer_input)
+        x = with_sharding_constraint(x, BLOCK_AXES)
+      else:
+        x = fn(x)
+    return x
+
+  def finish(self, x, deterministic):
+    """[b, l, k, d] -> reduce -> final RMS norm -> dropout -> [b, l, d]."""
+    cfg = self.config
+    if cfg.use_altup:
+      projection = None
+      if cfg.altup_reduction == 'projection':
+        k, d = cfg.altup_k, cfg.emb_dim
+        init = lambda rng, shape, dtype: jnp.broadcast_to(jnp.eye(d, dtype=dtype) / k, shape)
+        projection = param_with_axes('altup_reduce', init, (k, d, d), jnp.float32,
+                                     axes=('altup_blocks', 'embed', 'altup_embed_out'))
+      x = altup.reduce_blocks(x, cfg.altup_reduction, projection).astype(cfg.dtype)
+    x = layers.RMSNorm(dtype=cfg.dtype, name=self.norm_name)(x)
+    x = _dropout(cfg)(x, deterministic=deterministic)
+    return with_sharding_constraint(x, EMBED_AXES)
+
+
+class Encoder(AltUpStack):
+  norm_name: str = 'encoder_norm'
+
+  @nn.compact
+  def __call__(self, encoder_input_tokens, encoder_mask=None, deterministic=False):
+    cfg = self.config
+    assert encoder_input_tokens.ndim == 2, f'[batch, length] expected, got {encoder_input_tokens.shape}'
+    length = encoder_input_tokens.shape[-1]
+    bias = layers.RelativePositionBiases(
+        num_buckets=cfg.relative_attention_num_buckets,
+        max_distance=cfg.relative_attention_max_distance, num_heads=cfg.num_heads,
+        dtype=cfg.dtype, name='relpos_bias')(length, length, True)
+    x = self.embed(encoder_input_tokens, deterministic)
+    layer_modules = [EncoderLayer(cfg, name=f'layers_{i}') for i in range(self.num_layers)]
+    x = self.run_layers(x, lambda i, h: layer_modules[i](h, encoder_mask, bias, deterministic))
+    return self.finish(x, deterministic)
+
+
+class Decoder(AltUpStack):
+  norm_name: str = 'decoder_norm'
+
+  @nn.compact
+  def __call__(self, encoded, decoder_input_tokens, decoder_positions=None, decoder_mask=None,
+               encoder_decoder_mask=None, deterministic=False, decode=False,
+               max_decode_length=None):
+    cfg = self.config
+    assert decoder_input_tokens.ndim == 2, f'[batch, length] expected, got {decoder_input_tokens.shape}'
+    length = max_decode_length if (decode and max_decode_length) else decoder_input_tokens.shape[-1]
+    bias = layers.RelativePositionBiases(
+        num_buckets=cfg.relative_attention_num_buckets,
+        max_distance=cfg.relative_attention_max_distance, num_heads=cfg.num_heads,
+        dtype=cfg.dtype, name='relpos_bias')(length, length, False)
+    y = self.embed(decoder_input_tokens, deterministic)
+    layer_modules = [DecoderLayer(cfg, name=f'layers_{i}') for i in range(self.num_layers)]
+    y = self.run_layers(y, lambda i, h: layer_modules[i](
+        h, encoded, decoder_mask, encoder_decoder_mask, bias, deterministic, decode))
+    y = self.finish(y, deterministic)
+    if cfg.logits_via_embedding:
+      logits = self.shared_embedding.attend(y) / jnp.sqrt(y.shape[-1]).astype(cfg.dtype)
+    else:
+      logits = layers.DenseGeneral(cfg.vocab_size, dtype=jnp.float32, kernel_axes=('embed', 'vocab'),
+                                   name='logits_dense')(y)
+    return with_sharding_constraint(logits, ('batch', 'length', 'vocab'))
+
+
+class Transformer(nn.Module):
+  """AltUp T5.1.1 encoder-decoder; drop-in for T5X's `t5x.examples.t5.network.Transformer`."""
+  config: AltUpConfig
+
+  def setup(self):
+    cfg = self.config
+    if not isinstance(cfg, AltUpConfig):
+      raise TypeError(f'Transformer.config must be an altup_t5x AltUpConfig, got {type(cfg)!r}.')
+    self.shared_embedding = layers.Embed(num_embeddings=cfg.vocab_size, features=cfg.embedding_dim,
+                                         dtype=cfg.dtype, name='token_embedder')
+    self.encoder = Encoder(cfg, self.shared_embedding, cfg.num_encoder_layers,
+                           norm_name='encoder_norm')
+    self.decoder = Decoder(cfg, self.shared_embedding, cfg.num_decoder_layers,
+                           norm_name='decoder_norm')
+
+  def encode(self, encoder_input_tokens, encoder_segment_ids=None, enable_dropout=True):
+    """[b, l] tokens -> [b, l, d] encoder output (reduced to d and normed)."""
+    cfg = self.config
+    mask = layers.make_attention_mask(encoder_input_tokens > 0, encoder_input_tokens > 0,
+                                      dtype=cfg.dtype)
+    if encoder_segment_ids is not None:
+      mask = layers.combine_masks(mask, layers.make_attention_mask(
+          encoder_segment_ids, encoder_segment_ids, jnp.equal, dtype=cfg.dtype), dtype=cfg.dtype)
+    return self.encoder(encoder_input_tokens, mask, deterministic=not enable_dropout)
+
+  def decode(self, encoded, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens,
+             encoder_segment_ids=None, decoder_segment_ids=None, decoder_positions=None,
+             enable_dropout=True, decode=False, max_decode_length=None):
+    """Decoder logits [b, l, vocab]; with decode=True one token per call from the cache."""
+    cfg = self.config
+    if decode:
+      # Causality comes from the cache index inside attention.
+      decoder_mask = None
+      encoder_decoder_mask = layers.make_attention_mask(
+          jnp.ones_like(decoder_target_tokens), encoder_input_tokens > 0, dtype=cfg.dtype)
+    else:
+      decoder_mask = layers.make_decoder_mask(decoder_target_tokens, cfg.dtype,
+                                              decoder_segment_ids=decoder_segment_ids)
+      encoder_decoder_mask = layers.make_attention_mask(
+          decoder_target_tokens > 0, encoder_input_tokens > 0, dtype=cfg.dtype)
+    if encoder_segment_ids is not None:
+      if decode:
+        raise ValueError('decoding with packed (segmented) encoder inputs is not supported.')
+      encoder_decoder_mask = layers.combine_masks(encoder_decoder_mask, layers.make_attention_mask(
+          decoder_segment_ids, encoder_segment_ids, jnp.equal, dtype=cfg.dtype), dtype=cfg.dtype)
+    return self.decoder(encoded, decoder_input_tokens, decoder_positions, decoder_mask,
+                        encoder_decoder_mask, deterministic=not enable_dropout, decode=decode,
+                        max_decode_length=max_decode_length)
+
+  def __call__(self, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens,
+               encoder_segment_ids=None, decoder_segment_ids=None, encoder_positions=None,
+               decoder_positions=None, *, enable_dropout: bool = True, decode: bool = False,
+               max_decode_length: Optional[int] = None):
+    """Teacher-forced logits [b, l_dec, vocab]."""
+    encoded = self.encode(encoder_input_tokens, encoder_segment_ids, enable_dropout)
+    return self.decode(encoded, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens,
+                       encoder_segment_ids, decoder_segment_ids, decoder_positions,
+                       enable_dropout=enable_dropout, decode=decode,
+                       max_decode_length=max_decode_length)

@@ -1,0 +1,84 @@
+"""Logical axis names of altup-t5x, how they are partitioned, and how Adafactor factors them.
+
+Every parameter and main activation carries logical axis names. The T5.1.1 part uses T5X's names
+(batch, length, embed, mlp, heads, kv, joined_kv, vocab, relpos_buckets). AltUp adds:
+
+| name             | on                                                  | mesh axis | Adafactor |
+|------------------|-----------------------------------------------------|-----------|-----------|
+| altup_blocks     | K axis of `predict` [K, K], `correct` [K],          | none      | NONE      |
+|                  | `altup_reduce` [K, d, d], activations [b, l, K, d]  | (replic.) |           |
+| altup_blocks_in  | second K axis of `predict` (the block read from)    | none      | NONE      |
+| altup_embed_out  | output axis of `altup_reduce` [K, d, d]             | none      | COLUMN    |
+
+The K axis is tiny (2-4) and every block of a token is needed by every layer, so it is replicated;
+the coefficients are K^2 + K scalars, too small to factor. The [K, d, d] projection is factored over
+its two d axes like any d x d kernel ('embed' is ROW in T5X's rules).
+
+T5X's Adafactor raises KeyError for an axis name without a factor rule, so the model gin must extend
+`adafactor.Adafactor.logical_factor_rules` with `t5x_factor_rules()` (see
+gin/models/t5x_encoder_decoder.gin) and `partitioning.standard_logical_axis_rules.additional_rules`
+with ALTUP_AXIS_RULES.
+"""
+from typing import Dict, List, Optional, Sequence, Tuple
+
+AxisRules = Sequence[Tuple[str, Optional[str]]]
+
+# Partitioning: logical name -> mesh axis (None = replicated).
+ALTUP_AXIS_RULES: List[Tuple[str, Optional[str]]] = [
+    ('altup_blocks', None),
+    ('altup_blocks_in', None),
+    ('altup_embed_out', None),
+]
+
+# Adafactor factoring, by FactorDim member name (T5X's `t5x.adafactor.FactorDim`).
+ALTUP_FACTOR_RULES: Dict[str, str] = {
+    'altup_blocks': 'NONE',
+    'altup_blocks_in': 'NONE',
+    'altup_embed_out': 'COLUMN',
+}
+
+
+def standard_logical_axis_rules(model_axis: str = 'model', data_axis: str = 'data',
+                                additional_rules: AxisRules = ()) -> List[Tuple[str, Optional[str]]]:
+  """T5X's default 1-D model parallel + data parallel rules, plus the AltUp names.
+
+  Same mapping as T5X's `partitioning.standard_logical_axis_rules()` with its defaults
+  (activation and parameter partitioning dims 1): batch -> data; vocab, mlp, heads, joined_kv ->
+  model; the rest replicated.
+  """
+  rules = [
+      ('batch', data_axis),
+      ('vocab', model_axis),
+      ('embed', None),
+      ('mlp', model_axis),
+      ('heads', model_axis),
+      ('kv', None),
+      ('joined_kv', model_axis),
+      ('relpos_buckets', None),
+      ('abspos_buckets', None),
+      ('length', None),
+      ('layers', None),
+      ('stack', None),
+      ('mlp_activations', None),
+      ('expert', data_axis),
+      ('expert_mlp', model_axis),
+      ('expert_group', None),
+      ('unmodeled', None),
+  ]
+  rules.extend(ALTUP_AXIS_RULES)
+  rules.extend(additional_rules)
+  return _dedupe(rules)
+
+
+def _dedupe(rules):
+  """Later rules win, as an override list would in gin."""
+  seen = {}
+  for name, axis in rules:
+    seen[name] = axis
+  return list(seen.items())
+
+
+def t5x_factor_rules():
+  """ALTUP_FACTOR_RULES as T5X `adafactor.FactorDim` values (needs T5X installed)."""
+  from t5x import adafactor  # pylint: disable=g-import-not-at-top  (T5X is optional)
+  return {name: getattr(adafactor.FactorDim, dim) for name, dim in ALTUP_FACTOR_RULES.items()}
