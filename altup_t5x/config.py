@@ -15,6 +15,9 @@ LAYER_INPUTS = ('input', 'predicted')
 EMBEDDINGS = ('wide', 'recycled')
 REDUCTIONS = ('mean', 'sum', 'projection')
 COEF_INITS = ('identity', 'normal')
+COEFFICIENTS = ('static', 'dynamic')
+SEQUENCE_MODES = ('predict_correct', 'skip')
+MOE_ROUTINGS = ('top_k', 'expert_choice')
 ACTIVATIONS = ('gelu', 'linear', 'relu', 'silu', 'swish', 'tanh')
 DTYPES = ('float32', 'bfloat16', 'float16')
 
@@ -52,6 +55,11 @@ def _check_int(name: str, value: Any, minimum: int):
 def _check_rate(name: str, value: Any):
   if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
     raise ConfigError(f'AltUpConfig.{name}={value!r} must be a number in [0, 1).')
+
+
+def _check_positive(name: str, value: Any):
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+    raise ConfigError(f'AltUpConfig.{name}={value!r} must be a number > 0.')
 
 
 def dtype_name(dtype: Any) -> str:
@@ -94,6 +102,25 @@ class AltUpConfig:
       residual update; with replicated inputs the network starts equal to the baseline) or
       'normal' (identity plus N(0, altup_coef_init_scale) noise).
     altup_coef_init_scale: standard deviation of the noise for altup_coef_init='normal'.
+    altup_coefficients: 'static' (learned K*K + K scalars per layer, the paper) or 'dynamic'
+      (Gemma 3n style: per-token coefficients from a small router on the active block,
+      P = I + C(x), g = 1 + c(x), clipped to +-altup_coef_clip in the forward pass).
+    altup_coef_clip: clip range of the dynamic coefficients' router outputs.
+
+  Sequence-AltUp (encoder only; see `altup_t5x.sequence`):
+    sequence_altup_stride: s > 1 runs each encoder layer on every s-th position only (the offset
+      alternates with the layer index); 1 disables it.
+    sequence_altup_mode: 'predict_correct' (skipped tokens predicted from themselves and corrected
+      with the innovation of their anchor, learned scalars) or 'skip' (stride-and-skip: skipped
+      tokens left unchanged, the naive comparison).
+
+  Sparse Mixture-of-Experts MLP (see `altup_t5x.moe`):
+    moe_num_experts: 0 (dense everywhere) or the number of experts E of the sparse layers.
+    moe_every: every moe_every-th layer (1-based: layers moe_every-1, 2*moe_every-1, ...) is sparse.
+    moe_routing: 'top_k' (token choice; moe_top_k=1 is Switch routing) or 'expert_choice'.
+    moe_top_k: experts per token for token-choice routing.
+    moe_capacity_factor: expert capacity = ceil(capacity_factor * tokens_per_group * top_k / E).
+    moe_aux_loss_coef, moe_z_loss_coef: weights of the load-balancing and router z-losses.
   """
   vocab_size: int
   dtype: Any = jnp.float32
@@ -117,6 +144,19 @@ class AltUpConfig:
   altup_reduction: str = 'mean'
   altup_coef_init: str = 'identity'
   altup_coef_init_scale: float = 0.01
+  altup_coefficients: str = 'static'
+  altup_coef_clip: float = 120.0
+  # Sequence-AltUp.
+  sequence_altup_stride: int = 1
+  sequence_altup_mode: str = 'predict_correct'
+  # Mixture of experts.
+  moe_num_experts: int = 0
+  moe_every: int = 2
+  moe_routing: str = 'top_k'
+  moe_top_k: int = 1
+  moe_capacity_factor: float = 1.25
+  moe_aux_loss_coef: float = 1e-2
+  moe_z_loss_coef: float = 1e-4
 
   def __post_init__(self):
     _check_int('vocab_size', self.vocab_size, 1)
@@ -142,6 +182,25 @@ class AltUpConfig:
         not isinstance(self.altup_coef_init_scale, (int, float)) or self.altup_coef_init_scale < 0):
       raise ConfigError(f'AltUpConfig.altup_coef_init_scale={self.altup_coef_init_scale!r} must be '
                         'a number >= 0.')
+    _check_choice('altup_coefficients', self.altup_coefficients, COEFFICIENTS)
+    _check_positive('altup_coef_clip', self.altup_coef_clip)
+    _check_int('sequence_altup_stride', self.sequence_altup_stride, 1)
+    _check_choice('sequence_altup_mode', self.sequence_altup_mode, SEQUENCE_MODES)
+    _check_int('moe_num_experts', self.moe_num_experts, 0)
+    if self.moe_num_experts == 1:
+      raise ConfigError('AltUpConfig.moe_num_experts=1 is not a mixture; use 0 (dense) or >= 2.')
+    _check_int('moe_every', self.moe_every, 1)
+    _check_choice('moe_routing', self.moe_routing, MOE_ROUTINGS)
+    _check_int('moe_top_k', self.moe_top_k, 1)
+    if self.moe_num_experts and self.moe_top_k > self.moe_num_experts:
+      raise ConfigError(f'AltUpConfig.moe_top_k={self.moe_top_k} exceeds moe_num_experts='
+                        f'{self.moe_num_experts}.')
+    for name in ('moe_capacity_factor',):
+      _check_positive(name, getattr(self, name))
+    for name in ('moe_aux_loss_coef', 'moe_z_loss_coef'):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ConfigError(f'AltUpConfig.{name}={value!r} must be a number >= 0.')
     if self.logits_via_embedding and self.altup_k > 1 and self.altup_embedding == 'wide':
       raise ConfigError('AltUpConfig.logits_via_embedding=True needs a vocab x emb_dim table, but '
                         "altup_embedding='wide' with altup_k > 1 makes it vocab x (altup_k*emb_dim); "
@@ -163,6 +222,14 @@ class AltUpConfig:
   def widened_dim(self) -> int:
     """Width of the AltUp-widened representation, K * emb_dim."""
     return self.emb_dim * self.altup_k
+
+  def is_sparse_layer(self, layer_index: int) -> bool:
+    """Whether a layer's MLP is a mixture of experts."""
+    return self.moe_num_experts > 0 and layer_index % self.moe_every == self.moe_every - 1
+
+  def sequence_offset(self, layer_index: int) -> int:
+    """The first computed position of an encoder layer under Sequence-AltUp."""
+    return layer_index % self.sequence_altup_stride
 
   def active_block(self, layer_index: int) -> int:
     """The block j* a layer runs on."""

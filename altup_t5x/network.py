@@ -14,6 +14,8 @@ import jax.numpy as jnp
 
 from altup_t5x import altup
 from altup_t5x import layers
+from altup_t5x import moe
+from altup_t5x import sequence
 from altup_t5x.config import AltUpConfig
 
 param_with_axes = layers.param_with_axes
@@ -21,6 +23,16 @@ with_sharding_constraint = layers.with_sharding_constraint
 
 BLOCK_AXES = ('batch', 'length', 'altup_blocks', 'embed')
 EMBED_AXES = ('batch', 'length', 'embed')
+
+
+def _mlp(cfg: AltUpConfig, sparse: bool):
+  if sparse:
+    return moe.MoeMlp(num_experts=cfg.moe_num_experts, intermediate_dim=cfg.mlp_dim,
+                      routing=cfg.moe_routing, top_k=cfg.moe_top_k,
+                      capacity_factor=cfg.moe_capacity_factor, activations=cfg.mlp_activations,
+                      intermediate_dropout_rate=cfg.dropout_rate, dtype=cfg.dtype, name='mlp')
+  return layers.MlpBlock(intermediate_dim=cfg.mlp_dim, activations=cfg.mlp_activations,
+                         intermediate_dropout_rate=cfg.dropout_rate, dtype=cfg.dtype, name='mlp')
 
 
 def _dropout(cfg: AltUpConfig):
@@ -51,9 +63,51 @@ class AltUpCoefficients(nn.Module):
     return p, g
 
 
+class DynamicAltUpCoefficients(nn.Module):
+  """Per-token coefficients in the style of Gemma 3n (ALTUP.md section 3).
+
+    r = tanh(W_r rmsnorm(x_active) / d)    [..., k]
+    P = I + clip(W_p) r                    [..., k, k]
+    g = 1 + clip(W_g) r                    [..., k]
+
+  The clip to +-altup_coef_clip is applied to the coefficient weights in the forward pass (weights
+  are never modified), so an entry outside the range gets zero gradient. With the default identity
+  initialisation W_p = W_g = 0 and the layer starts with P = I, g = 1.
+  """
+  config: AltUpConfig
+
+  @nn.compact
+  def __call__(self, x_active):
+    cfg = self.config
+    k, d, clip = cfg.altup_k, cfg.emb_dim, cfg.altup_coef_clip
+    scale = cfg.altup_coef_init_scale if cfg.altup_coef_init == 'normal' else 0.0
+    r = layers.RMSNorm(dtype=jnp.float32, name='router_norm')(x_active) / d
+    w_r = param_with_axes('router', nn.initializers.normal(1e-2), (d, k), jnp.float32,
+                          axes=('embed', 'altup_router'))
+    r = jnp.tanh(r @ w_r)  # [b, l, d] -> [b, l, k]
+    w_p = param_with_axes('predict', nn.initializers.normal(scale), (k, k, k), jnp.float32,
+                          axes=('altup_router', 'altup_blocks', 'altup_blocks_in'))
+    w_g = param_with_axes('correct', nn.initializers.normal(scale), (k, k), jnp.float32,
+                          axes=('altup_router', 'altup_blocks'))
+    p = jnp.eye(k) + jnp.einsum('...r,rij->...ij', r, jnp.clip(w_p, -clip, clip))
+    g = 1.0 + jnp.einsum('...r,ri->...i', r, jnp.clip(w_g, -clip, clip))
+    return p, g
+
+
+class SequenceAltUpScalars(nn.Module):
+  """alpha (predict) and beta (correct) of one Sequence-AltUp layer, both initialised to 1."""
+
+  @nn.compact
+  def __call__(self):
+    alpha = param_with_axes('predict', nn.initializers.ones, (1,), jnp.float32, axes=('unmodeled',))
+    beta = param_with_axes('correct', nn.initializers.ones, (1,), jnp.float32, axes=('unmodeled',))
+    return alpha[0], beta[0]
+
+
 class EncoderLayer(nn.Module):
   """One T5.1.1 encoder layer on a d-wide block: [b, l, d] -> [b, l, d]."""
   config: AltUpConfig
+  sparse: bool = False  # mixture-of-experts MLP
 
   @nn.compact
   def __call__(self, inputs, encoder_mask=None, encoder_bias=None, deterministic=False):
@@ -65,9 +119,7 @@ class EncoderLayer(nn.Module):
         name='attention')(x, x, encoder_mask, encoder_bias, deterministic=deterministic)
     x = _dropout(cfg)(x, deterministic=deterministic) + inputs
     y = layers.RMSNorm(dtype=cfg.dtype, name='pre_mlp_layer_norm')(x)
-    y = layers.MlpBlock(intermediate_dim=cfg.mlp_dim, activations=cfg.mlp_activations,
-                        intermediate_dropout_rate=cfg.dropout_rate, dtype=cfg.dtype,
-                        name='mlp')(y, deterministic=deterministic)
+    y = _mlp(cfg, self.sparse)(y, deterministic=deterministic)
     y = _dropout(cfg)(y, deterministic=deterministic) + x
     return with_sharding_constraint(y, EMBED_AXES)
 
@@ -75,6 +127,7 @@ class EncoderLayer(nn.Module):
 class DecoderLayer(nn.Module):
   """One T5.1.1 decoder layer on a d-wide block: [b, l, d] -> [b, l, d]."""
   config: AltUpConfig
+  sparse: bool = False  # mixture-of-experts MLP
 
   @nn.compact
   def __call__(self, inputs, encoded, decoder_mask=None, encoder_decoder_mask=None,
@@ -92,9 +145,7 @@ class DecoderLayer(nn.Module):
                                                deterministic=deterministic)
     y = _dropout(cfg)(y, deterministic=deterministic) + x
     z = layers.RMSNorm(dtype=cfg.dtype, name='pre_mlp_layer_norm')(y)
-    z = layers.MlpBlock(intermediate_dim=cfg.mlp_dim, activations=cfg.mlp_activations,
-                        intermediate_dropout_rate=cfg.dropout_rate, dtype=cfg.dtype,
-                        name='mlp')(z, deterministic=deterministic)
+    z = _mlp(cfg, self.sparse)(z, deterministic=deterministic)
     z = _dropout(cfg)(z, deterministic=deterministic) + y
     return with_sharding_constraint(z, EMBED_AXES)
 
@@ -129,7 +180,9 @@ class AltUpStack(nn.Module):
     for i in range(self.num_layers):
       fn = lambda h, i=i: layer_call(i, h)
       if cfg.use_altup:
-        p, g = AltUpCoefficients(cfg, name=f'altup_{i}')(altup.select_block(x, cfg.active_block(i)))
+        coefficients = (DynamicAltUpCoefficients if cfg.altup_coefficients == 'dynamic'
+                        else AltUpCoefficients)(cfg, name=f'altup_{i}')
+        p, g = coefficients(altup.select_block(x, cfg.active_block(i)))
         x = altup.altup_step(x, p, g, cfg.active_block(i), fn, cfg.altup_layer_input)
         x = with_sharding_constraint(x, BLOCK_AXES)
       else:
@@ -165,8 +218,26 @@ class Encoder(AltUpStack):
         max_distance=cfg.relative_attention_max_distance, num_heads=cfg.num_heads,
         dtype=cfg.dtype, name='relpos_bias')(length, length, True)
     x = self.embed(encoder_input_tokens, deterministic)
-    layer_modules = [EncoderLayer(cfg, name=f'layers_{i}') for i in range(self.num_layers)]
-    x = self.run_layers(x, lambda i, h: layer_modules[i](h, encoder_mask, bias, deterministic))
+    layer_modules = [EncoderLayer(cfg, cfg.is_sparse_layer(i), name=f'layers_{i}')
+                     for i in range(self.num_layers)]
+    stride = cfg.sequence_altup_stride
+    scalars = [SequenceAltUpScalars(name=f'sequence_altup_{i}')
+               if stride > 1 and cfg.sequence_altup_mode == 'predict_correct' else None
+               for i in range(self.num_layers)]
+
+    def layer_call(i, h):
+      if stride == 1:
+        return layer_modules[i](h, encoder_mask, bias, deterministic)
+
+      def on_anchors(h_anchors, pos):  # the layer sees only the anchors, and their mask / bias
+        sub_mask = None if encoder_mask is None else encoder_mask[:, :, pos][:, :, :, pos]
+        return layer_modules[i](h_anchors, sub_mask, bias[:, :, pos][:, :, :, pos], deterministic)
+
+      alpha, beta = scalars[i]() if scalars[i] is not None else (1.0, 1.0)
+      return sequence.sequence_altup_step(h, on_anchors, stride, cfg.sequence_offset(i), alpha,
+                                          beta, cfg.sequence_altup_mode)
+
+    x = self.run_layers(x, layer_call)
     return self.finish(x, deterministic)
 
 
@@ -185,7 +256,8 @@ class Decoder(AltUpStack):
         max_distance=cfg.relative_attention_max_distance, num_heads=cfg.num_heads,
         dtype=cfg.dtype, name='relpos_bias')(length, length, False)
     y = self.embed(decoder_input_tokens, deterministic)
-    layer_modules = [DecoderLayer(cfg, name=f'layers_{i}') for i in range(self.num_layers)]
+    layer_modules = [DecoderLayer(cfg, cfg.is_sparse_layer(i), name=f'layers_{i}')
+                     for i in range(self.num_layers)]
     y = self.run_layers(y, lambda i, h: layer_modules[i](
         h, encoded, decoder_mask, encoder_decoder_mask, bias, deterministic, decode))
     y = self.finish(y, deterministic)

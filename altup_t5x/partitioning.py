@@ -9,6 +9,7 @@ Every parameter and main activation carries logical axis names. The T5.1.1 part 
 |                  | `altup_reduce` [K, d, d], activations [b, l, K, d]  | (replic.) |           |
 | altup_blocks_in  | second K axis of `predict` (the block read from)    | none      | NONE      |
 | altup_embed_out  | output axis of `altup_reduce` [K, d, d]             | none      | COLUMN    |
+| altup_router     | router output of dynamic coefficients (size K)      | none      | NONE      |
 
 The K axis is tiny (2-4) and every block of a token is needed by every layer, so it is replicated;
 the coefficients are K^2 + K scalars, too small to factor. The [K, d, d] projection is factored over
@@ -28,6 +29,7 @@ ALTUP_AXIS_RULES: List[Tuple[str, Optional[str]]] = [
     ('altup_blocks', None),
     ('altup_blocks_in', None),
     ('altup_embed_out', None),
+    ('altup_router', None),
 ]
 
 # Adafactor factoring, by FactorDim member name (T5X's `t5x.adafactor.FactorDim`).
@@ -35,6 +37,14 @@ ALTUP_FACTOR_RULES: Dict[str, str] = {
     'altup_blocks': 'NONE',
     'altup_blocks_in': 'NONE',
     'altup_embed_out': 'COLUMN',
+    'altup_router': 'NONE',
+}
+
+# Mixture of experts (altup_t5x.moe): experts are split over the data axis (expert parallelism),
+# as T5X's MoE does; the router's expert axis is 'unmodeled' (replicated, not factored).
+MOE_FACTOR_RULES: Dict[str, str] = {
+    'expert': 'BATCH',
+    'unmodeled': 'NONE',
 }
 
 

@@ -394,6 +394,14 @@ def test_toy_copy_task_loss_falls_for_k2():
     (dict(mlp_activations='gelu'), r'mlp_activations=.*tuple'),
     (dict(dtype='int8'), r"dtype='int8'"),
     (dict(altup_k=2, logits_via_embedding=True), r"logits_via_embedding=True.*'recycled'"),
+    (dict(altup_coefficients='learned'), r"altup_coefficients='learned'.*'static', 'dynamic'"),
+    (dict(altup_coef_clip=0), r'altup_coef_clip=0 must be a number > 0'),
+    (dict(sequence_altup_stride=0), r'sequence_altup_stride=0 must be an integer >= 1'),
+    (dict(sequence_altup_mode='drop'), r"sequence_altup_mode='drop'.*'predict_correct', 'skip'"),
+    (dict(moe_num_experts=1), r'moe_num_experts=1 is not a mixture'),
+    (dict(moe_num_experts=4, moe_top_k=5), r'moe_top_k=5 exceeds moe_num_experts=4'),
+    (dict(moe_routing='hash'), r"moe_routing='hash'.*'top_k', 'expert_choice'"),
+    (dict(moe_capacity_factor=0.0), r'moe_capacity_factor=0.0 must be a number > 0'),
 ])
 def test_invalid_settings_raise_one_clear_error(overrides, pattern):
   with pytest.raises(ConfigError, match=pattern):
