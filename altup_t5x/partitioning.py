@@ -5,15 +5,17 @@ Every parameter and main activation carries logical axis names. The T5.1.1 part 
 
 | name             | on                                                  | mesh axis | Adafactor |
 |------------------|-----------------------------------------------------|-----------|-----------|
-| altup_blocks     | K axis of `predict` [K, K], `correct` [K],          | none      | NONE      |
+| altup_blocks     | K axis of `predict` [K, K], `correct` [K],          | none      | BATCH     |
 |                  | `altup_reduce` [K, d, d], activations [b, l, K, d]  | (replic.) |           |
 | altup_blocks_in  | second K axis of `predict` (the block read from)    | none      | NONE      |
 | altup_embed_out  | output axis of `altup_reduce` [K, d, d]             | none      | COLUMN    |
 | altup_router     | router output of dynamic coefficients (size K)      | none      | NONE      |
 
 The K axis is tiny (2-4) and every block of a token is needed by every layer, so it is replicated;
-the coefficients are K^2 + K scalars, too small to factor. The [K, d, d] projection is factored over
-its two d axes like any d x d kernel ('embed' is ROW in T5X's rules).
+the coefficients are K^2 + K scalars, too small to factor (with no ROW/COLUMN axis T5X keeps them
+unfactored). 'altup_blocks' is BATCH, as T5X marks 'layers': the [K, d, d] projection is then
+factored as K separate d x d kernels ('embed' is ROW in T5X's rules); T5X rejects a spec that mixes
+NONE with ROW and COLUMN.
 
 T5X's Adafactor raises KeyError for an axis name without a factor rule, so the model gin must extend
 `adafactor.Adafactor.logical_factor_rules` with `t5x_factor_rules()` (see
@@ -34,14 +36,19 @@ ALTUP_AXIS_RULES: List[Tuple[str, Optional[str]]] = [
 
 # Adafactor factoring, by FactorDim member name (T5X's `t5x.adafactor.FactorDim`).
 ALTUP_FACTOR_RULES: Dict[str, str] = {
-    'altup_blocks': 'NONE',
+    'altup_blocks': 'BATCH',
     'altup_blocks_in': 'NONE',
     'altup_embed_out': 'COLUMN',
     'altup_router': 'NONE',
 }
 
 # Mixture of experts (altup_t5x.moe): experts are split over the data axis (expert parallelism),
-# as T5X's MoE does; the router's expert axis is 'unmodeled' (replicated, not factored).
+# as T5X's MoE does; the router's expert axis and the Sequence-AltUp scalars are 'unmodeled'
+# (replicated, not factored).
+MOE_AXIS_RULES: List[Tuple[str, Optional[str]]] = [
+    ('expert', 'data'),
+    ('unmodeled', None),
+]
 MOE_FACTOR_RULES: Dict[str, str] = {
     'expert': 'BATCH',
     'unmodeled': 'NONE',
@@ -71,8 +78,6 @@ def standard_logical_axis_rules(model_axis: str = 'model', data_axis: str = 'dat
       ('stack', None),
       ('mlp_activations', None),
       ('expert', data_axis),
-      ('expert_mlp', model_axis),
-      ('expert_group', None),
       ('unmodeled', None),
   ]
   rules.extend(ALTUP_AXIS_RULES)
@@ -89,6 +94,12 @@ def _dedupe(rules):
 
 
 def t5x_factor_rules():
-  """ALTUP_FACTOR_RULES as T5X `adafactor.FactorDim` values (needs T5X installed)."""
+  """ALTUP_FACTOR_RULES + MOE_FACTOR_RULES as T5X `adafactor.FactorDim` values (needs T5X)."""
   from t5x import adafactor  # pylint: disable=g-import-not-at-top  (T5X is optional)
-  return {name: getattr(adafactor.FactorDim, dim) for name, dim in ALTUP_FACTOR_RULES.items()}
+  rules = {**ALTUP_FACTOR_RULES, **MOE_FACTOR_RULES}
+  return {name: getattr(adafactor.FactorDim, dim) for name, dim in rules.items()}
+
+
+def t5x_axis_rules() -> List[Tuple[str, Optional[str]]]:
+  """The rules to add to T5X's `partitioning.standard_logical_axis_rules.additional_rules`."""
+  return ALTUP_AXIS_RULES + MOE_AXIS_RULES
