@@ -1,0 +1,192 @@
+r"""Standalone evaluation: `python -m altup_t5x.eval` (console script `altup-eval`).
+
+    python -m altup_t5x.eval --gin_search_paths=. \
+      --gin_file=gin/t5_1_1/tiny.gin --gin_file=gin/altup/k2.gin \
+      --gin_file=gin/runner/model.gin --gin_file=gin/runner/eval.gin \
+      --gin.CHECKPOINT_PATH=\"/tmp/altup_k2\" --gin.EVAL_OUTPUT_DIR=\"/tmp/altup_k2/eval\"
+
+Macros as T5X's runs/eval.gin: CHECKPOINT_PATH (a model dir, its checkpoints/ dir or one
+checkpoints/<step> dir), EVAL_OUTPUT_DIR, MIXTURE_OR_TASK_NAME, TASK_FEATURE_LENGTHS, BATCH_SIZE.
+Reports teacher-forced loss and token accuracy over the split, and the task's seqio metrics
+(`metric_fns` after `postprocess_fn`) on decoded predictions of the first examples, plus
+`decode_exact_match`. Writes EVAL_OUTPUT_DIR/metrics.json, predictions.jsonl and TensorBoard
+scalars.
+"""
+import inspect
+import json
+import os
+import sys
+import time
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import jax
+import numpy as np
+
+from altup_t5x import checkpoints as checkpoints_lib
+from altup_t5x import models as models_lib
+from altup_t5x import trainer as trainer_lib
+from altup_t5x import utils
+
+RunnerError = utils.RunnerError
+
+
+def _log(msg: str) -> None:
+  if jax.process_index() == 0:
+    print(msg, flush=True)
+
+
+def load_model_params(model, cfg: utils.DatasetConfig, checkpoint_path: str,
+                      num_partitions: int = 1):
+  """Validates the config, builds a Trainer and restores the checkpoint's parameters."""
+  if not checkpoint_path:
+    raise RunnerError('CHECKPOINT_PATH is not set.')
+  task = utils.get_task(cfg)
+  utils.check_feature_lengths(cfg, task)
+  partitioner = utils.Partitioner(num_partitions)
+  if cfg.batch_size % partitioner.data_size:
+    raise RunnerError(f'BATCH_SIZE={cfg.batch_size} must be divisible by the data axis of the '
+                      f'mesh ({partitioner.data_size}).')
+  trainer = trainer_lib.Trainer(model, partitioner,
+                                trainer_lib.model_input_shapes(cfg.task_feature_lengths))
+  params, step = checkpoints_lib.restore_params(checkpoint_path, trainer.abstract_params)
+  return task, trainer, params, step
+
+
+def raw_examples(task, cfg: utils.DatasetConfig, max_examples: Optional[int]) -> List[Dict]:
+  """The task's preprocessed, tokenized examples (unpacked, in order)."""
+  ds = task.get_dataset(dict(cfg.task_feature_lengths), split=cfg.split, shuffle=False,
+                        num_epochs=1, seed=cfg.seed if cfg.seed is not None else 0,
+                        use_cached=cfg.use_cached)
+  if max_examples:
+    ds = ds.take(max_examples)
+  return list(ds.as_numpy_iterator())
+
+
+def examples_to_batches(examples: Sequence[Mapping], lengths: Mapping[str, int],
+                        batch_size: int):
+  """Unpacked model features, [batch_size, length] each, padding the last batch with zeros."""
+  li, lt = lengths['inputs'], lengths['targets']
+  for start in range(0, len(examples), batch_size):
+    chunk = examples[start:start + batch_size]
+    enc = np.zeros((batch_size, li), np.int32)
+    tgt = np.zeros((batch_size, lt), np.int32)
+    for i, ex in enumerate(chunk):
+      x, y = np.asarray(ex['inputs'])[:li], np.asarray(ex['targets'])[:lt]
+      enc[i, :len(x)], tgt[i, :len(y)] = x, y
+    dec_in = np.concatenate([np.zeros((batch_size, 1), np.int32), tgt[:, :-1]], axis=1)
+    yield {'encoder_input_tokens': enc, 'decoder_target_tokens': tgt,
+           'decoder_input_tokens': dec_in,
+           'decoder_loss_weights': (tgt > 0).astype(np.int32)}, len(chunk)
+
+
+def _text(x) -> str:
+  return x.decode('utf-8') if isinstance(x, bytes) else str(x)
+
+
+def _postprocess(task, text, example, is_target):
+  fn = task.postprocess_fn
+  if fn is None:
+    return text
+  try:
+    return fn(text, example=example, is_target=is_target)
+  except TypeError:
+    return fn(text)
+
+
+def predict_examples(trainer, params, task, cfg, examples, num_decodes: int = 1,
+                     decoder_params=None) -> List[Dict[str, Any]]:
+  """Decodes every example; returns rows with ids, texts and scores."""
+  vocab = task.output_features['targets'].vocabulary
+  in_vocab = task.output_features['inputs'].vocabulary
+  rows = []
+  for batch, n in examples_to_batches(examples, cfg.task_feature_lengths, cfg.batch_size):
+    decodes, aux = trainer.predict_step(params, trainer.partitioner.shard_batch(batch),
+                                        num_decodes=num_decodes, decoder_params=decoder_params)
+    decodes, scores = np.asarray(decodes), np.asarray(aux['scores'])
+    for i in range(n):
+      ex = examples[len(rows)]
+      ids = [int(t) for t in decodes[i]]
+      rows.append({
+          'inputs': in_vocab.decode([int(t) for t in ex['inputs']]),
+          'targets': _text(ex['targets_pretokenized']) if 'targets_pretokenized' in ex
+                     else vocab.decode([int(t) for t in ex['targets']]),
+          'prediction': vocab.decode(ids), 'prediction_ids': ids,
+          'target_ids': [int(t) for t in ex['targets']], 'score': float(scores[i])})
+  return rows
+
+
+def task_metrics(task, examples, rows) -> Dict[str, float]:
+  """The task's seqio metrics on postprocessed predictions (+ decode_exact_match)."""
+  out = {}
+  targets = [_postprocess(task, r['targets'], ex, True) for r, ex in zip(rows, examples)]
+  preds = [_postprocess(task, r['prediction'], ex, False) for r, ex in zip(rows, examples)]
+  for fn in getattr(task, 'predict_metric_fns', None) or getattr(task, 'metric_fns', []):
+    params = inspect.signature(fn).parameters if callable(fn) else {}
+    if 'predictions' in params or len(params) >= 2:
+      out.update({k: float(v) for k, v in fn(targets, preds).items()})
+  if rows:
+    exact = [r['prediction_ids'][:len(r['target_ids'])] == r['target_ids'] for r in rows]
+    out['decode_exact_match'] = 100.0 * float(np.mean(exact))
+  return out
+
+
+def evaluate(*, model: models_lib.EncoderDecoderModel, dataset_cfg: utils.DatasetConfig,
+             checkpoint_path: str, output_dir: Optional[str] = None, num_partitions: int = 1,
+             eval_steps: Optional[int] = None, max_predict_examples: int = 16,
+             num_decodes: int = 1) -> Dict[str, float]:
+  """Loss/accuracy over the split plus the task's metrics on decoded predictions."""
+  from altup_t5x import train as train_lib  # pylint: disable=g-import-not-at-top
+  t0 = time.time()
+  task, trainer, params, step = load_model_params(model, dataset_cfg, checkpoint_path,
+                                                  num_partitions)
+  _log(f'[eval] checkpoint step {step}, task {dataset_cfg.mixture_or_task_name} '
+       f'split {dataset_cfg.split}')
+  metrics = {f'{k}': v for k, v in
+             train_lib.evaluate_loss(trainer, params, dataset_cfg, eval_steps).items()}
+  rows_all = []
+  for sub in utils._leaf_tasks(task):  # pylint: disable=protected-access
+    examples = raw_examples(sub, dataset_cfg, max_predict_examples)
+    rows = predict_examples(trainer, params, sub, dataset_cfg, examples, num_decodes)
+    prefix = '' if sub is task else f'{sub.name}/'
+    metrics.update({prefix + k: v for k, v in task_metrics(sub, examples, rows).items()})
+    rows_all.extend(dict(r, task=sub.name) for r in rows)
+  metrics['step'] = step
+  if output_dir and jax.process_index() == 0:
+    os.makedirs(output_dir, exist_ok=True)
+    with open(os.path.join(output_dir, 'metrics.json'), 'w') as f:
+      json.dump(metrics, f, indent=1)
+    with open(os.path.join(output_dir, 'predictions.jsonl'), 'w') as f:
+      for r in rows_all:
+        f.write(json.dumps(r) + '\n')
+    try:
+      from clu import metric_writers  # pylint: disable=g-import-not-at-top
+      w = metric_writers.SummaryWriter(output_dir)
+      w.write_scalars(step, {k: v for k, v in metrics.items() if k != 'step'})
+      w.close()
+    except Exception as e:  # pylint: disable=broad-except
+      _log(f'[warn] no TensorBoard summary: {e}')
+  _log('[eval] ' + ', '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}'
+                             for k, v in metrics.items()) + f' ({time.time() - t0:.1f}s)')
+  return metrics
+
+
+def main(argv):
+  args = utils.parse_args(argv, description=__doc__)
+  utils.maybe_initialize_distributed(args)
+  utils.parse_gin(args.gin_file, args.gin_search_paths, args.gin_bindings)
+  from altup_t5x import eval as this_module  # pylint: disable=g-import-not-at-top
+  return utils.call_configured(this_module.evaluate, 'eval')
+
+
+def console_main():
+  from altup_t5x import eval as module  # pylint: disable=g-import-not-at-top
+  try:
+    module.main(sys.argv[1:])
+  except RunnerError as e:
+    print(f'ERROR: {e}', file=sys.stderr, flush=True)
+    sys.exit(2)
+  sys.exit(0)
+
+
+if __name__ == '__main__':
+  console_main()

@@ -1,0 +1,373 @@
+"""Runner plumbing: command line + gin, dataset configs, device meshes and sharding.
+
+Nothing here is specific to AltUp. The command line follows T5X:
+
+    python -m altup_t5x.train --gin_search_paths=. \
+      --gin_file=gin/t5_1_1/tiny.gin --gin_file=gin/altup/k2.gin \
+      --gin_file=gin/runner/model.gin --gin_file=gin/runner/pretrain.gin \
+      --gin.MODEL_DIR=\"/tmp/altup\" --gin.TRAIN_STEPS=100
+
+`--gin.NAME=value` is `--gin_bindings='NAME = value'`; a value that is not a Python literal, a
+gin reference (@...) or macro (%...) is taken as a string, so `--gin.MODEL_DIR=/tmp/x` works too.
+"""
+import argparse
+import ast
+import dataclasses
+import importlib
+import os
+import sys
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import flax.linen as nn
+from flax.linen import partitioning as nn_partitioning
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from altup_t5x import partitioning
+
+PyTree = Any
+
+
+class RunnerError(ValueError):
+  """A problem with the run's configuration, found before anything is compiled."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line and gin.
+
+def _gin_value(value: str) -> str:
+  v = value.strip()
+  if not v or v[0] in '@%([{\'"' or v in ('True', 'False', 'None'):
+    return v
+  try:
+    ast.literal_eval(v)
+    return v
+  except (ValueError, SyntaxError):
+    return repr(v)
+
+
+def parse_args(argv: Sequence[str], description: str = '') -> argparse.Namespace:
+  """--gin_file (repeatable), --gin_search_paths (comma separated), --gin_bindings, --gin.X=v."""
+  parser = argparse.ArgumentParser(description=description)
+  parser.add_argument('--gin_file', action='append', default=[],
+                      help='gin file (repeatable, or comma separated); relative paths are looked '
+                           'up in --gin_search_paths')
+  parser.add_argument('--gin_search_paths', action='append', default=[],
+                      help='comma-separated directories to look up gin files and includes in')
+  parser.add_argument('--gin_bindings', action='append', default=[],
+                      help="extra binding, e.g. 'TRAIN_STEPS = 10' (repeatable)")
+  parser.add_argument('--multiprocess_gpu', action='store_true',
+                      help='call jax.distributed.initialize() (multi-host)')
+  parser.add_argument('--coordinator_address', default=None)
+  parser.add_argument('--process_count', type=int, default=None)
+  parser.add_argument('--process_index', type=int, default=None)
+  args, rest = parser.parse_known_args(list(argv))
+  bindings = list(args.gin_bindings)
+  unknown = []
+  i = 0
+  while i < len(rest):
+    arg = rest[i]
+    if arg.startswith('--gin.'):
+      body = arg[len('--gin.'):]
+      if '=' in body:
+        name, value = body.split('=', 1)
+      elif i + 1 < len(rest):
+        name, value = body, rest[i + 1]
+        i += 1
+      else:
+        raise RunnerError(f'{arg} has no value: write --gin.NAME=value.')
+      bindings.append(f'{name} = {_gin_value(value)}')
+    else:
+      unknown.append(arg)
+    i += 1
+  if unknown:
+    parser.error(f'unrecognized arguments: {" ".join(unknown)}')
+  args.gin_file = [f for item in args.gin_file for f in item.split(',') if f]
+  args.gin_search_paths = [p for item in args.gin_search_paths for p in item.split(',') if p]
+  args.gin_bindings = bindings
+  return args
+
+
+def _resolve_gin_file(path: str, search_paths: Sequence[str]) -> str:
+  candidates = [path] if os.path.isabs(path) else [os.path.join(p, path) for p in search_paths]
+  if not os.path.isabs(path):
+    candidates.append(path)
+  for c in candidates:
+    if os.path.isfile(c):
+      return c
+  raise RunnerError(f'gin file {path!r} not found (looked in: '
+                    f'{", ".join(os.path.abspath(c) for c in candidates)}); check --gin_file and '
+                    f'--gin_search_paths.')
+
+
+def parse_gin(gin_files: Sequence[str], gin_search_paths: Sequence[str] = (),
+              gin_bindings: Sequence[str] = (), finalize: bool = False) -> None:
+  """Parses gin files and bindings; one clear RunnerError for a missing or malformed file."""
+  import gin  # pylint: disable=g-import-not-at-top
+  gin.clear_config()
+  search = list(gin_search_paths) or ['.']
+  for p in search:
+    gin.add_config_file_search_path(p)
+  if not gin_files:
+    raise RunnerError('no --gin_file given: pass at least a size file, gin/runner/model.gin and a '
+                      'run gin (see README "Standalone runner").')
+  files = [_resolve_gin_file(f, search) for f in gin_files]
+  try:
+    gin.parse_config_files_and_bindings(files, list(gin_bindings), finalize_config=finalize)
+  except IOError as e:
+    raise RunnerError(f'a gin include could not be found: {e} (gin search paths: {search}).') from e
+  except (SyntaxError, ValueError, NameError, ImportError, AttributeError, TypeError,
+          KeyError) as e:
+    raise RunnerError(f'malformed gin configuration: {type(e).__name__}: {e}') from e
+
+
+def configured(fn):
+  """The gin-configured version of a function registered by a gin file (dynamic registration)."""
+  import gin  # pylint: disable=g-import-not-at-top
+  try:
+    return gin.get_configurable(fn)
+  except ValueError:
+    return fn
+
+
+def call_configured(fn, what: str):
+  """Calls a gin-configured function, turning unset REQUIRED macros into a RunnerError."""
+  try:
+    return configured(fn)()
+  except (RuntimeError, ValueError, TypeError) as e:
+    msg = str(e)
+    if 'REQUIRED' in msg or 'required' in msg and 'gin' in msg.lower():
+      raise RunnerError(f'{what}: a required gin setting is missing: {msg}') from e
+    raise
+
+
+def maybe_initialize_distributed(args) -> None:
+  """jax.distributed for multi-host runs; a no-op on one process."""
+  if args.multiprocess_gpu or args.coordinator_address:
+    jax.distributed.initialize(coordinator_address=args.coordinator_address,
+                               num_processes=args.process_count, process_id=args.process_index)
+
+
+# --------------------------------------------------------------------------------------------------
+# Datasets.
+
+@dataclasses.dataclass
+class DatasetConfig:
+  """One seqio dataset, as T5X's `utils.DatasetConfig`."""
+  mixture_or_task_name: str
+  task_feature_lengths: Mapping[str, int]
+  split: str = 'train'
+  batch_size: int = 32
+  shuffle: bool = True
+  seed: Optional[int] = 42
+  use_cached: bool = False
+  pack: bool = True
+  module: Optional[str] = 'altup_t5x.data.tasks'  # imported to register the tasks
+
+
+def get_task(cfg: DatasetConfig):
+  """The seqio task or mixture, or one clear error listing the registered names."""
+  import seqio  # pylint: disable=g-import-not-at-top
+  if cfg.module:
+    importlib.import_module(cfg.module)
+  try:
+    return seqio.get_mixture_or_task(cfg.mixture_or_task_name)
+  except ValueError as e:
+    names = sorted(set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names()))
+    raise RunnerError(f'MIXTURE_OR_TASK_NAME={cfg.mixture_or_task_name!r} is not a registered '
+                      f'seqio task or mixture; registered: {", ".join(names) or "(none)"}.') from e
+
+
+def check_feature_lengths(cfg: DatasetConfig, task) -> None:
+  """Feature lengths must name the task's features and leave room for a token and EOS."""
+  lengths = dict(cfg.task_feature_lengths or {})
+  wanted = {'inputs', 'targets'}
+  features = set(task.output_features) & wanted
+  if set(lengths) != features:
+    raise RunnerError(f'TASK_FEATURE_LENGTHS={lengths!r} must give exactly the features '
+                      f'{sorted(features)} of task {task.name!r}.')
+  for name, n in lengths.items():
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+      raise RunnerError(f'TASK_FEATURE_LENGTHS[{name!r}]={n!r} cannot hold the data: it must be '
+                        'an integer >= 2 (at least one token plus EOS).')
+  for sub in _leaf_tasks(task):
+    needed = _span_corruption_targets_length(sub, lengths)
+    if needed and lengths.get('targets', needed) < needed:
+      raise RunnerError(
+          f"TASK_FEATURE_LENGTHS['targets']={lengths['targets']} cannot hold the data of task "
+          f"{sub.name!r}: span corruption of inputs length {lengths['inputs']} makes targets of "
+          f"{needed} tokens (with EOS); set targets >= {needed} or shorten inputs.")
+
+
+def _leaf_tasks(task):
+  return list(getattr(task, 'tasks', None) or [task])
+
+
+def _span_corruption_targets_length(task, lengths) -> Optional[int]:
+  """Targets length a span-corruption task produces for the given inputs length, else None."""
+  from altup_t5x.data import preprocessors as prep  # pylint: disable=g-import-not-at-top
+  for p in getattr(task, 'preprocessors', ()):
+    fn = getattr(p, 'func', p)
+    if fn is prep.span_corruption and 'inputs' in lengths:
+      kwargs = getattr(p, 'keywords', {}) or {}
+      return prep.random_spans_length(
+          lengths['inputs'], kwargs.get('noise_density', prep.NOISE_DENSITY),
+          kwargs.get('mean_noise_span_length', prep.MEAN_NOISE_SPAN_LENGTH))[1]
+  return None
+
+
+def get_dataset(cfg: DatasetConfig, *, shard_index: int = 0, num_shards: int = 1,
+                num_epochs: Optional[int] = None, feature_converter=None):
+  """A batched tf.data pipeline of model features (host-local batch = batch_size / num_shards).
+
+  The order depends only on `cfg.seed` (and the shard), so a restarted run that skips the batches
+  it already consumed sees exactly the same data as an uninterrupted one.
+  """
+  import seqio  # pylint: disable=g-import-not-at-top
+  task = get_task(cfg)
+  check_feature_lengths(cfg, task)
+  if cfg.batch_size % num_shards:
+    raise RunnerError(f'BATCH_SIZE={cfg.batch_size} must be divisible by the number of data '
+                      f'shards ({num_shards}).')
+  if feature_converter is None:
+    feature_converter = seqio.EncDecFeatureConverter(pack=cfg.pack)
+  ds = seqio.get_dataset(
+      cfg.mixture_or_task_name, task_feature_lengths=dict(cfg.task_feature_lengths),
+      dataset_split=cfg.split, shuffle=cfg.shuffle, num_epochs=num_epochs,
+      feature_converter=feature_converter, use_cached=cfg.use_cached, seed=cfg.seed,
+      shard_info=seqio.ShardInfo(index=shard_index, num_shards=num_shards))
+  return ds.batch(cfg.batch_size // num_shards, drop_remainder=num_epochs is None)
+
+
+# --------------------------------------------------------------------------------------------------
+# Meshes and sharding.
+
+class Partitioner:
+  """A ('data', 'model') device mesh plus logical axis rules.
+
+  num_partitions is the size of the 'model' axis (1 = pure data parallelism); every other device
+  count goes to 'data'. The same code runs on one CPU (a 1x1 mesh) and on many hosts.
+  """
+
+  def __init__(self, num_partitions: int = 1, logical_axis_rules=None,
+               devices: Optional[Sequence[jax.Device]] = None):
+    devices = list(devices if devices is not None else jax.devices())
+    if num_partitions < 1 or len(devices) % num_partitions:
+      raise RunnerError(f'num_partitions={num_partitions} must divide the device count '
+                        f'({len(devices)}).')
+    shape = (len(devices) // num_partitions, num_partitions)
+    try:
+      from jax.experimental import mesh_utils  # pylint: disable=g-import-not-at-top
+      grid = mesh_utils.create_device_mesh(shape, devices=devices)
+    except Exception:  # pylint: disable=broad-except  (CPU / odd topologies)
+      grid = np.array(devices).reshape(shape)
+    self.mesh = Mesh(grid, ('data', 'model'))
+    self.rules = list(logical_axis_rules or partitioning.standard_logical_axis_rules())
+
+  @property
+  def data_size(self) -> int:
+    return self.mesh.shape['data']
+
+  def context(self):
+    """Mesh + logical rules for tracing (activation sharding constraints in the network)."""
+    import contextlib  # pylint: disable=g-import-not-at-top
+    stack = contextlib.ExitStack()
+    stack.enter_context(jax.set_mesh(self.mesh))
+    stack.enter_context(nn_partitioning.axis_rules(self.rules))
+    return stack
+
+  def sharding(self, logical_axes: Sequence[Optional[str]]) -> NamedSharding:
+    return NamedSharding(self.mesh, nn.logical_to_mesh_axes(tuple(logical_axes), self.rules))
+
+  @property
+  def replicated(self) -> NamedSharding:
+    return NamedSharding(self.mesh, PartitionSpec())
+
+  @property
+  def batch_sharding(self) -> NamedSharding:
+    return NamedSharding(self.mesh, PartitionSpec('data'))
+
+  def params_shardings(self, params_axes: PyTree, params: PyTree) -> PyTree:
+    """NamedSharding per parameter from the `params_axes` collection."""
+    names = nn_partitioning.get_axis_names(params_axes)
+    names = jax.tree_util.tree_map(lambda s: s, flax_unfreeze(names),
+                                   is_leaf=lambda x: isinstance(x, PartitionSpec))
+    missing = []
+
+    def one(path, _):
+      keys = tuple(p.key for p in path)
+      node = names
+      for k in keys:
+        if not isinstance(node, Mapping) or k not in node:
+          missing.append('/'.join(keys))
+          return self.replicated
+        node = node[k]
+      return self.sharding(tuple(node))
+
+    out = jax.tree_util.tree_map_with_path(one, params)
+    if missing:
+      raise RunnerError(f'Missing axis names for parameters: {missing[:5]}')
+    return out
+
+  def opt_state_shardings(self, abstract_opt_state: PyTree, params: PyTree,
+                          param_shardings: PyTree) -> PyTree:
+    """Shardings for optimizer state: per-parameter statistics follow their parameter.
+
+    A statistic with the parameter's shape gets its sharding; a factored one (one axis averaged
+    away) gets the parameter's spec without that axis; anything else is replicated.
+    """
+    by_path = {}
+    for path, (p, s) in _flatten_with_keys(params, param_shardings):
+      by_path[path] = (p.shape, s.spec)
+
+    def one(path, leaf):
+      keys = tuple(getattr(k, 'key', getattr(k, 'name', None)) for k in path)
+      shape = tuple(getattr(leaf, 'shape', ()))
+      for n in range(len(keys), 0, -1):
+        if keys[-n:] in by_path:
+          pshape, spec = by_path[keys[-n:]]
+          spec = tuple(spec) + (None,) * (len(pshape) - len(spec))
+          if shape == tuple(pshape):
+            return NamedSharding(self.mesh, PartitionSpec(*spec))
+          for i in range(len(pshape)):
+            if shape == tuple(pshape[:i]) + tuple(pshape[i + 1:]):
+              return NamedSharding(self.mesh, PartitionSpec(*(spec[:i] + spec[i + 1:])))
+          break
+      return self.replicated
+
+    return jax.tree_util.tree_map_with_path(one, abstract_opt_state)
+
+  def shard_batch(self, host_batch: Mapping[str, np.ndarray]) -> Dict[str, jax.Array]:
+    """Host-local numpy batch -> global jax.Arrays split over 'data' (multi-host aware)."""
+    return {k: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(v))
+            for k, v in host_batch.items()}
+
+
+def flax_unfreeze(x):
+  import flax  # pylint: disable=g-import-not-at-top
+  return flax.core.unfreeze(x)
+
+
+def _flatten_with_keys(a: PyTree, b: PyTree):
+  flat_a, _ = jax.tree_util.tree_flatten_with_path(a)
+  flat_b = jax.tree_util.tree_leaves(b, is_leaf=lambda x: isinstance(x, NamedSharding))
+  for (path, x), y in zip(flat_a, flat_b):
+    yield tuple(getattr(k, 'key', getattr(k, 'name', None)) for k in path), (x, y)
+
+
+# --------------------------------------------------------------------------------------------------
+# Small helpers.
+
+def format_seconds(s: float) -> str:
+  s = int(round(max(s, 0)))
+  h, rem = divmod(s, 3600)
+  m, sec = divmod(rem, 60)
+  return f'{h}h{m:02d}m{sec:02d}s' if h else (f'{m}m{sec:02d}s' if m else f'{sec}s')
+
+
+def padded_vocab_size(vocabulary, multiple: int = 128) -> int:
+  """The vocabulary size rounded up to a multiple (for NUM_EMBEDDINGS), as T5's 32128."""
+  n = vocabulary.vocab_size
+  return ((n + multiple - 1) // multiple) * multiple
