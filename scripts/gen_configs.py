@@ -108,7 +108,7 @@ def pretrain(size: str, variant: str) -> Tuple[str, str]:
        '(the AltUp paper\'s setup),',
        'inverse-square-root learning rate with 10k warmup and dropout 0 (T5X\'s T5.1.1 C4 '
        'pretraining).', '',
-       'C4 (TFDS c4/en:3.0.1) must be prepared in --tfds_data_dir beforehand.'],
+       'C4 (TFDS c4/en:3.1.0) must be prepared in --tfds_data_dir beforehand.'],
       ['t5x.train', f'--gin_file={path}', f'--gin.MODEL_DIR="\'{model_dir}\'"',
        f'--tfds_data_dir=gs://{BUCKET}/tensorflow_datasets'])
   body = f"""from __gin__ import dynamic_registration
