@@ -15,7 +15,6 @@ scalars.
 import inspect
 import json
 import os
-import sys
 import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -171,21 +170,11 @@ def evaluate(*, model: models_lib.EncoderDecoderModel, dataset_cfg: utils.Datase
 
 
 def main(argv):
-  args = utils.parse_args(argv, description=__doc__)
-  utils.maybe_initialize_distributed(args)
-  utils.parse_gin(args.gin_file, args.gin_search_paths, args.gin_bindings)
-  from altup_t5x import eval as this_module  # pylint: disable=g-import-not-at-top
-  return utils.call_configured(this_module.evaluate, 'eval')
+  return utils.run_entry_point(argv, __doc__, 'eval', 'evaluate')
 
 
 def console_main():
-  from altup_t5x import eval as module  # pylint: disable=g-import-not-at-top
-  try:
-    module.main(sys.argv[1:])
-  except RunnerError as e:
-    print(f'ERROR: {e}', file=sys.stderr, flush=True)
-    sys.exit(2)
-  sys.exit(0)
+  utils.console_entry(main)
 
 
 if __name__ == '__main__':

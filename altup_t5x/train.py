@@ -23,7 +23,6 @@ import json
 import math
 import os
 import signal
-import sys
 import time
 from typing import Any, Callable, Dict, Mapping, Optional
 
@@ -274,22 +273,12 @@ def train(*, model: models_lib.EncoderDecoderModel, train_dataset_cfg: utils.Dat
 
 
 def main(argv) -> Dict[str, Any]:
-  args = utils.parse_args(argv, description=__doc__)
-  utils.maybe_initialize_distributed(args)
-  utils.parse_gin(args.gin_file, args.gin_search_paths, args.gin_bindings)
-  from altup_t5x import train as this_module  # pylint: disable=g-import-not-at-top  (see utils)
-  return utils.call_configured(this_module.train, 'train')
+  return utils.run_entry_point(argv, __doc__, 'train', 'train')
 
 
 def console_main():
-  # Always the importable module (not a `python -m` __main__ copy): gin binds its functions.
-  from altup_t5x import train as module  # pylint: disable=g-import-not-at-top
-  try:
-    module.main(sys.argv[1:])
-  except (RunnerError, module.NonFiniteLossError) as e:
-    print(f'ERROR: {e}', file=sys.stderr, flush=True)
-    sys.exit(2 if isinstance(e, RunnerError) else 3)
-  sys.exit(0)
+  from altup_t5x import train as module  # pylint: disable=g-import-not-at-top  (see utils)
+  utils.console_entry(module.main, {module.NonFiniteLossError: 3})
 
 
 if __name__ == '__main__':

@@ -120,6 +120,9 @@ def parse_gin(gin_files: Sequence[str], gin_search_paths: Sequence[str] = (),
     raise RunnerError(f'a gin include could not be found: {e} (gin search paths: {search}).') from e
   except (SyntaxError, ValueError, NameError, ImportError, AttributeError, TypeError,
           KeyError) as e:
+    if 'gin.REQUIRED' in str(e):
+      raise RunnerError(f'a required gin setting is missing: {e} (set it with '
+                        '--gin.NAME=value)') from e
     raise RunnerError(f'malformed gin configuration: {type(e).__name__}: {e}') from e
 
 
@@ -141,6 +144,32 @@ def call_configured(fn, what: str):
     if 'REQUIRED' in msg or 'required' in msg and 'gin' in msg.lower():
       raise RunnerError(f'{what}: a required gin setting is missing: {msg}') from e
     raise
+
+
+def run_entry_point(argv, description: str, module_name: str, fn_name: str):
+  """`python -m altup_t5x.<module>`: flags -> jax.distributed -> gin -> the configured function.
+
+  The function is looked up on the importable module (not a `python -m` __main__ copy), because
+  that is the object the gin files' `from altup_t5x import <module>` registers.
+  """
+  args = parse_args(argv, description=description)
+  maybe_initialize_distributed(args)
+  # finalize: as T5X, an unset %gin.REQUIRED macro (e.g. CHECKPOINT_PATH) is named right here.
+  parse_gin(args.gin_file, args.gin_search_paths, args.gin_bindings, finalize=True)
+  fn = getattr(importlib.import_module(f'altup_t5x.{module_name}'), fn_name)
+  return call_configured(fn, module_name)
+
+
+def console_entry(main, exit_codes=()):
+  """Runs `main(sys.argv[1:])`; a RunnerError (exit 2) or an error in `exit_codes` ({type: code})
+  is printed as one line instead of a traceback."""
+  codes = dict(exit_codes)
+  try:
+    main(sys.argv[1:])
+  except (RunnerError, *codes) as e:
+    print(f'ERROR: {e}', file=sys.stderr, flush=True)
+    sys.exit(codes.get(type(e), 2))
+  sys.exit(0)
 
 
 def maybe_initialize_distributed(args) -> None:
