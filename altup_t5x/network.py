@@ -229,9 +229,9 @@ class Encoder(AltUpStack):
       if stride == 1:
         return layer_modules[i](h, encoder_mask, bias, deterministic)
 
-      def on_anchors(h_anchors, pos):  # the layer sees only the anchors, and their mask / bias
-        sub_mask = None if encoder_mask is None else encoder_mask[:, :, pos][:, :, :, pos]
-        return layer_modules[i](h_anchors, sub_mask, bias[:, :, pos][:, :, :, pos], deterministic)
+      def on_anchors(h_anchors, anchors):  # the layer sees only the anchors, their mask and bias
+        sub_mask = None if encoder_mask is None else encoder_mask[:, :, anchors, anchors]
+        return layer_modules[i](h_anchors, sub_mask, bias[:, :, anchors, anchors], deterministic)
 
       alpha, beta = scalars[i]() if scalars[i] is not None else (1.0, 1.0)
       return sequence.sequence_altup_step(h, on_anchors, stride, cfg.sequence_offset(i), alpha,

@@ -41,14 +41,24 @@ def anchor_index(length: int, stride: int, offset: int, causal: bool):
   return np.clip(index, 0, num_anchors - 1), has_anchor
 
 
+def _expand(anchor_values, length: int, stride: int, offset: int):
+  """Per-anchor values [b, n, ...] -> per-position values [b, length, ...]: position t gets its
+  window's anchor (t < offset: the first). Repeats and slices, so the gradient is sums, not the
+  scatter-adds a gather would need."""
+  parts = [jnp.repeat(anchor_values, stride, axis=1)]
+  if offset:
+    parts.insert(0, jnp.repeat(anchor_values[:, :1], offset, axis=1))
+  return jnp.concatenate(parts, axis=1)[:, :length]
+
+
 def sequence_altup_step(x, layer_fn, stride: int, offset: int, alpha=1.0, beta=1.0,
                         mode: str = 'predict_correct', causal: bool = False):
   """One layer under Sequence-AltUp.
 
   Args:
     x: [b, l, d] inputs.
-    layer_fn: maps anchor inputs [b, l_anchor, d] and their positions (a static numpy array) to
-      the layer outputs [b, l_anchor, d].
+    layer_fn: maps anchor inputs [b, l_anchor, d] and the anchors' static index (a slice
+      `offset::stride`, usable on masks and biases) to the layer outputs [b, l_anchor, d].
     stride, offset: the anchors are positions offset, offset+stride, ...
     alpha, beta: the learned scalars (predict, correct).
     mode: 'predict_correct' or 'skip' (stride-and-skip).
@@ -59,15 +69,17 @@ def sequence_altup_step(x, layer_fn, stride: int, offset: int, alpha=1.0, beta=1
   positions = anchor_positions(length, stride, offset)
   if len(positions) == 0:
     return x
-  out = layer_fn(x[:, positions], positions)  # [b, l_anchor, d]
-  index, has_anchor = anchor_index(length, stride, offset, causal)
+  anchors = slice(offset, None, stride)
+  x_anchors = x[:, anchors]  # [b, l, d] -> [b, l_anchor, d]
+  out = layer_fn(x_anchors, anchors)
+  _, has_anchor = anchor_index(length, stride, offset, causal)
   is_anchor = np.zeros(length, bool)
   is_anchor[positions] = True
-  on_anchor = out[:, index]  # [b, l, d]: every token's anchor output
+  on_anchor = _expand(out, length, stride, offset)  # every token's anchor output, [b, l, d]
   if mode == 'skip':
     skipped = x
   else:
-    innovation = on_anchor - alpha * x[:, positions][:, index]
+    innovation = on_anchor - alpha * _expand(x_anchors, length, stride, offset)
     skipped = alpha * x + beta * innovation
     skipped = jnp.where(has_anchor[None, :, None], skipped, x)
   return jnp.where(is_anchor[None, :, None], on_anchor, skipped).astype(x.dtype)

@@ -1,6 +1,7 @@
 """Speed and quality benchmarks of AltUp against the T5.1.1 baseline; writes BENCHMARKS.md.
 
-Everything (about 25 minutes on 2 idle CPU cores: speed ~8, T5X comparison ~1, quality ~15):
+Everything (about 25 minutes on 2 idle CPU cores, an estimate: speed ~12, T5X comparison ~3,
+quality ~10; about 2.5x that at load average 6):
 
     python scripts/benchmark.py all --out benchmarks/
 
@@ -247,7 +248,7 @@ def build_speed_case(size_name: str, shape: dict, variant: str, seed: int = 0):
   # Training step (params and optimizer state donated, as in a real loop).
   train_step = make_train_step(module, optimizer)
   copy = lambda t: jax.tree_util.tree_map(jnp.copy, t)
-  train = Timed('train', train_step, (copy(params), copy(opt_state), batch, rng),
+  train = Timed('train', train_step, (copy(params), opt_state, batch, rng),
                 stateful=lambda state, out: (out[0], out[1], state[2], out[3]), donate=(0, 1))
 
   # Forward pass (teacher-forced logits, no dropout).
@@ -289,9 +290,10 @@ def build_speed_case(size_name: str, shape: dict, variant: str, seed: int = 0):
     updates, s = optimizer.update(g, s, p)
     return optax.apply_updates(p, updates), s
 
-  grads = jax.tree_util.tree_map(lambda x: 1e-3 * jnp.ones_like(x), params)
-  opt = Timed('optimizer', opt_update, (copy(params), copy(opt_state), grads), donate=(0, 1),
-              stateful=lambda state, out: (out[0], out[1], state[2]))
+  # The (never donated) params serve as the parameters and as gradients, and the updated params are
+  # dropped: only the optimizer state is fed back, so no further copy of a large tree stays in memory.
+  opt = Timed('optimizer', opt_update, (params, optimizer.init(params), params), donate=(1,),
+              stateful=lambda state, out: (state[0], out[1], state[2]))
   return dict(cfg=cfg, n_params=n_params, train=train, forward=forward, decode=decode,
               optimizer=opt)
 
@@ -337,7 +339,8 @@ def run_speed(args) -> List[dict]:
             ts = [timed.call() for _ in range(timed.steps_per_reset)][1:]
           else:
             timed.call()  # warm-up
-            ts = [timed.call() for _ in range(steps)]
+            # The optimizer-only timing is a diagnostic: fewer calls keep the run short.
+            ts = [timed.call() for _ in range(min(2, steps) if kind == 'optimizer' else steps)]
           timed.times.append(ts)
       print(f'  round {r + 1}/{rounds} done ({time.perf_counter() - t_start:.0f}s)', flush=True)
     for v in variants:
@@ -405,11 +408,11 @@ def read_csv(path):
 # ------------------------------------------------------------------------------------------------
 # Quality: loss against steps and wall-clock on the embedded corpus.
 
-# A model small enough for 3 seeds x 4 variants in ~12 minutes on 2 idle cores (the K*d-wide dense
+# A model small enough for 3 seeds x 4 variants in ~10 minutes on 2 idle cores (the K*d-wide dense
 # model alone is ~half of it), with T5.1.1's shape ratios (mlp = 2 emb, heads x head_dim = emb).
 QUALITY_MODEL = dict(emb_dim=64, num_heads=4, head_dim=16, mlp_dim=128, num_encoder_layers=2,
                      num_decoder_layers=2)
-QUALITY_RUN = dict(batch=16, inputs=128, targets=32, steps=240, baseline_steps=360, eval_every=20,
+QUALITY_RUN = dict(batch=16, inputs=128, targets=32, steps=200, baseline_steps=300, eval_every=20,
                    eval_examples=128, learning_rate=0.01)
 QUICK_QUALITY_MODEL = dict(emb_dim=16, num_heads=2, head_dim=8, mlp_dim=32, num_encoder_layers=1,
                            num_decoder_layers=1)
@@ -433,10 +436,14 @@ def make_config_from(base: AltUpConfig, variant: str) -> AltUpConfig:
 
 
 def load_corpus_batches(run: dict, num_train: int, out_dir: str):
-  """Packed span-corruption examples of the embedded corpus as numpy arrays (cached in out_dir)."""
+  """Packed span-corruption examples of the embedded corpus as numpy arrays (cached on disk)."""
   lengths = {'inputs': run['inputs'], 'targets': run['targets']}
-  path = os.path.join(out_dir, f'.data_{run["inputs"]}_{run["targets"]}_{num_train}_'
-                               f'{run["eval_examples"]}.npz')
+  from altup_t5x.data import corpus  # pylint: disable=g-import-not-at-top
+  del out_dir  # the arrays are a cache, not a result: they go with the vocabulary's cache
+  cache = os.path.join(corpus.cache_dir(), 'benchmark')
+  os.makedirs(cache, exist_ok=True)
+  path = os.path.join(cache, f'span_corruption_{run["inputs"]}_{run["targets"]}_{num_train}_'
+                             f'{run["eval_examples"]}.npz')
   if os.path.exists(path):
     data = np.load(path)
     return ({k[6:]: data[k] for k in data.files if k.startswith('train_')},
@@ -818,6 +825,12 @@ def plot_speed(out):
 # ------------------------------------------------------------------------------------------------
 # Command line.
 
+EXPECTED_DURATION = (
+    'Expected duration on 2 idle CPU cores: about 25 minutes (speed: tiny ~3 + small ~9, of which '
+    'compilation is about half; T5X comparison ~3; quality ~10). On a loaded machine it grows '
+    'with the load (measured at load average ~6 on 2 cores: about 2.5x).')
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('command', choices=['speed', 't5x', 'quality', 'report', 'all'])
@@ -834,6 +847,8 @@ def main(argv=None):
     args.rounds, args.steps = min(args.rounds, 2), min(args.steps, 2)
   os.makedirs(args.out, exist_ok=True)
   t0 = time.perf_counter()
+  if args.command == 'all' and not args.quick:
+    print(EXPECTED_DURATION, flush=True)
   if args.command in ('speed', 'all'):
     rows = run_speed(args)
     write_csv(os.path.join(args.out, 'speed.csv'), rows, SPEED_COLUMNS)

@@ -67,16 +67,19 @@ def speed_section(rows, meta):
     rs = [r for r in rows if r['shape'] == shape]
     r0 = rs[0]
     out.append(f'### Shape `{shape}` (batch {r0["batch"]}, inputs {r0["inputs"]}, targets '
-               f'{r0["targets"]})\n')
-    out.append('| variant | params | train step ms | x base | XLA FLOP x | forward ms | x base | '
+               f'{r0["targets"]}; {r0["train_n"]} timed train/forward calls and {r0["decode_n"]} '
+               f'decode steps per variant{"" if int(r0["train_n"]) >= 20 else ", FEWER than the default 20: a reduced run"})\n')
+    out.append('| variant | params | train step ms | x base | XLA FLOP x | XLA bytes x | forward ms | x base | '
                'decode ms/token | x base | train peak MB | x base | Adafactor update ms | '
                f'train x base projected to batch {PROJECT_BATCH} |')
-    out.append('|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|')
+    out.append('|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|')
+    base = next(b for b in rs if b['variant'] == 'baseline')
+    bytes_x = lambda r: float(r['train_gbytes']) / float(base['train_gbytes'])
     for r in rs:
       out.append(
           f'| {r["variant"]} | {float(r["params"]) / 1e6:.2f}M | {_f(r["train_ms"], 1)} '
           f'({_f(r["train_ms_lo"], 1)}-{_f(r["train_ms_hi"], 1)}) | **{_f(r["train_ratio"])}** | '
-          f'{_f(r["train_flop_ratio"])} | {_f(r["forward_ms"], 1)} | {_f(r["forward_ratio"])} | '
+          f'{_f(r["train_flop_ratio"])} | {_f(bytes_x(r))} | {_f(r["forward_ms"], 1)} | {_f(r["forward_ratio"])} | '
           f'{_f(r["decode_ms"], 2)} | {_f(r["decode_ratio"])} | {_f(r["train_peak_mb"], 0)} | '
           f'{_f(r["train_peak_ratio"])} | {_f(r.get("optimizer_ms"), 1)} | '
           f'{_f(projected_ratio(r, rows))} |')
@@ -142,7 +145,10 @@ def quality_section(q):
          f'Eval loss: token-weighted cross-entropy on {run["eval_examples"]} packed validation '
          f'examples, every {run["eval_every"]} steps. Wall-clock: the summed step times (variants '
          f'interleaved step by step in one process), without evaluation and compilation. '
-         f'Total {q.get("seconds", 0) / 60:.1f} min.\n',
+         f'Total {q.get("seconds", 0) / 60:.1f} min.'
+         + ('' if run['steps'] >= 200 and len(q['seeds']) >= 3 else
+            ' **A reduced run (the default is 200 steps x 3 seeds): too short to judge AltUp.**')
+         + '\n',
          f'| variant | params | eval loss at step {run["steps"]} (mean +- std) | min-max | '
          f'per seed | ms/step | baseline steps to reach | baseline s to reach | own s |',
          '|---|---:|---:|---:|---|---:|---:|---:|---:|']
@@ -162,10 +168,12 @@ def quality_section(q):
     if v == 'baseline':
       continue
     diffs = [b - a for a, b in zip(s['finals'], base['finals'])]
-    out.append(f'- {v}: {"lower" if sum(diffs) > 0 else "higher"} eval loss than the baseline at '
-               f'the same step by {sum(diffs) / len(diffs):+.4f} (paired by seed: '
-               f'{", ".join(f"{d:+.4f}" for d in diffs)}; seed-to-seed std of the baseline '
-               f'{base["final_eval_loss_std"]:.4f}).')
+    mean = sum(diffs) / len(diffs)
+    spread = max(base['final_eval_loss_std'], s['final_eval_loss_std'])
+    verdict = ('larger than' if abs(mean) > 2 * spread else 'within twice')
+    out.append(f'- {v}: baseline minus {v} eval loss at step {run["steps"]} = {mean:+.4f} '
+               f'(paired by seed: {", ".join(f"{d:+.4f}" for d in diffs)}), {verdict} the '
+               f'seed-to-seed std ({spread:.4f}); positive = {v} is better.')
   return '\n'.join(out) + '\n'
 
 
@@ -252,7 +260,8 @@ round-robin). Peak memory is XLA's planned buffer size for one call (arguments +
 {explanations}
 ## Speed
 
-Times are medians of all timed calls (>= 20 per variant, after a warm-up call in every round);
+Times are medians of all timed calls (by default 4 rounds x 5 = 20 per variant, after a warm-up
+call in every round);
 brackets: min-max of the per-round medians. Train step = forward + backward + Adafactor update
 (T5X's defaults), parameters and optimizer state donated. Decode = one cached decoder step for the
 whole batch (T5X-style cache, `decode=True`), median over the target length. "Adafactor update ms"
