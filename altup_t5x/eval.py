@@ -146,8 +146,9 @@ def evaluate(*, model: models_lib.EncoderDecoderModel, dataset_cfg: utils.Datase
   for sub in utils._leaf_tasks(task):  # pylint: disable=protected-access
     examples = raw_examples(sub, dataset_cfg, max_predict_examples)
     rows = predict_examples(trainer, params, sub, dataset_cfg, examples, num_decodes)
-    prefix = '' if sub is task else f'{sub.name}/'
-    metrics.update({prefix + k: v for k, v in task_metrics(sub, examples, rows).items()})
+    # Namespaced by task (as T5X logs inference metrics), so that a task metric called e.g.
+    # 'accuracy' never overwrites the teacher-forced token accuracy.
+    metrics.update({f'{sub.name}/{k}': v for k, v in task_metrics(sub, examples, rows).items()})
     rows_all.extend(dict(r, task=sub.name) for r in rows)
   metrics['step'] = step
   if output_dir and jax.process_index() == 0:

@@ -95,3 +95,8 @@ def test_glue_and_super_glue_averages():
   assert metrics.super_glue_average(sg)["average"] == pytest.approx((80 + 80 + 61) / 3)
   with pytest.raises(ValueError, match="No scores"):
     metrics.super_glue_average({"unknown": {"accuracy": 1.0}})
+
+
+def test_sequence_accuracy_is_named_apart_from_token_accuracy():
+  assert metrics.sequence_accuracy(["a b", "c", "d"], ["a b", "c ", "d"]) == {
+      "sequence_accuracy": pytest.approx(200.0 / 3)}

@@ -70,7 +70,9 @@ def test_train_checkpoint_eval_infer_round_trip(trained, tmp_path):
   metrics = utils.call_configured(eval_lib.evaluate, 'eval')
   assert metrics['step'] == 7
   assert 0.0 <= metrics['accuracy'] <= 1.0 and np.isfinite(metrics['cross_ent_loss'])
-  assert 'decode_exact_match' in metrics
+  task = 'altup_embedded_span_corruption'
+  assert 0.0 <= metrics[f'{task}/decode_exact_match'] <= 100.0
+  assert 0.0 <= metrics[f'{task}/sequence_accuracy'] <= 100.0  # the task's own seqio metric
   assert json.load(open(tmp_path / 'eval' / 'metrics.json'))['step'] == 7
 
   rows = {}

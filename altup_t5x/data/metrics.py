@@ -20,6 +20,13 @@ def accuracy(targets, predictions) -> dict:
   return {"accuracy": 100.0 * float(np.mean(t == p))}
 
 
+def sequence_accuracy(targets, predictions) -> dict:
+  """Exact match of whole decoded target strings (x100), e.g. all spans of a span-corruption
+  example; named apart from the token accuracy that eval reports as 'accuracy'."""
+  t, p = np.asarray(targets), np.asarray(predictions)
+  return {"sequence_accuracy": 100.0 * float(np.mean(t == p))}
+
+
 def _f1(tp: int, fp: int, fn: int) -> float:
   denom = 2 * tp + fp + fn
   return 2.0 * tp / denom if denom else 0.0

@@ -263,7 +263,7 @@ def register_tasks(vocabulary: Optional[seqio.Vocabulary] = None,
             output_features=_output_features(embedded_vocabulary),
             # Exact match of the decoded span targets: gives t5x.eval / the runner a seqio metric
             # on a pretraining task (T5's span-corruption tasks have none, and T5X's eval stops).
-            metric_fns=[metrics.accuracy])
+            metric_fns=[metrics.sequence_accuracy])
   _add_task(C4_SPAN_CORRUPTION,
             source=seqio.TfdsDataSource(tfds_name=C4_TFDS),
             preprocessors=_span_corruption_preprocessors(),
