@@ -91,14 +91,9 @@ SPEED_VARIANTS = {
 
 def make_config(size: str, variant: str, vocab_size: int, dropout_rate: float = 0.0,
                 **size_overrides) -> AltUpConfig:
-  base = AltUpConfig.from_size(size, vocab_size=vocab_size, dropout_rate=dropout_rate,
-                               **size_overrides)
-  overrides = VARIANTS[variant][1]
-  if isinstance(overrides, str) and overrides.startswith('dense'):
-    f = int(overrides[len('dense'):])
-    return base.replace(emb_dim=f * base.emb_dim, num_heads=f * base.num_heads,
-                        mlp_dim=f * base.mlp_dim)
-  return base.replace(**overrides)
+  return make_config_from(AltUpConfig.from_size(size, vocab_size=vocab_size,
+                                                dropout_rate=dropout_rate, **size_overrides),
+                          variant)
 
 
 # ------------------------------------------------------------------------------------------------

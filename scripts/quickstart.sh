@@ -5,11 +5,5 @@
 #   bash scripts/quickstart.sh [--steps N] [--workdir DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VENV="${ALTUP_VENV:-.venv}"
-if [ ! -x "$VENV/bin/python" ]; then
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q --upgrade pip
-fi
-"$VENV/bin/pip" install -q -e . --config-settings editable_mode=compat
-export TF_CPP_MIN_LOG_LEVEL=2 CUDA_VISIBLE_DEVICES=""
+source scripts/_venv.sh ""
 exec "$VENV/bin/python" -m altup_t5x.quickstart "$@"

@@ -4,11 +4,5 @@
 #   bash scripts/test.sh -m slow    # only the slow end-to-end tests
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VENV="${ALTUP_VENV:-.venv}"
-if [ ! -x "$VENV/bin/python" ]; then
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q --upgrade pip
-fi
-"$VENV/bin/pip" install -q -e ".[test]" --config-settings editable_mode=compat
-export TF_CPP_MIN_LOG_LEVEL=2 CUDA_VISIBLE_DEVICES=""
+source scripts/_venv.sh "[test]"
 exec "$VENV/bin/python" -m pytest "$@"
