@@ -23,6 +23,7 @@ import numpy as np
 
 from altup_t5x import checkpoints as checkpoints_lib
 from altup_t5x import models as models_lib
+from altup_t5x import partitioning
 from altup_t5x import trainer as trainer_lib
 from altup_t5x import utils
 
@@ -41,7 +42,7 @@ def load_model_params(model, cfg: utils.DatasetConfig, checkpoint_path: str,
     raise RunnerError('CHECKPOINT_PATH is not set.')
   task = utils.get_task(cfg)
   utils.check_feature_lengths(cfg, task)
-  partitioner = utils.Partitioner(num_partitions)
+  partitioner = partitioning.Partitioner(num_partitions)
   if cfg.batch_size % partitioner.data_size:
     raise RunnerError(f'BATCH_SIZE={cfg.batch_size} must be divisible by the data axis of the '
                       f'mesh ({partitioner.data_size}).')

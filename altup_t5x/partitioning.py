@@ -22,8 +22,17 @@ T5X's Adafactor raises KeyError for an axis name without a factor rule, so the m
 gin/models/t5x_encoder_decoder.gin) and `partitioning.standard_logical_axis_rules.additional_rules`
 with ALTUP_AXIS_RULES.
 """
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+import flax.linen as nn
+from flax.linen import partitioning as nn_partitioning
+import jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+import numpy as np
+
+from altup_t5x.utils import RunnerError
+
+PyTree = Any
 AxisRules = Sequence[Tuple[str, Optional[str]]]
 
 # Partitioning: logical name -> mesh axis (None = replicated).
@@ -103,3 +112,120 @@ def t5x_factor_rules():
 def t5x_axis_rules() -> List[Tuple[str, Optional[str]]]:
   """The rules to add to T5X's `partitioning.standard_logical_axis_rules.additional_rules`."""
   return ALTUP_AXIS_RULES + MOE_AXIS_RULES
+
+
+# --------------------------------------------------------------------------------------------------
+# The device mesh and shardings of the standalone runner (T5X keeps its partitioner here too).
+
+
+class Partitioner:
+  """A ('data', 'model') device mesh plus logical axis rules.
+
+  num_partitions is the size of the 'model' axis (1 = pure data parallelism); every other device
+  count goes to 'data'. The same code runs on one CPU (a 1x1 mesh) and on many hosts.
+  """
+
+  def __init__(self, num_partitions: int = 1, logical_axis_rules=None,
+               devices: Optional[Sequence[jax.Device]] = None):
+    devices = list(devices if devices is not None else jax.devices())
+    if num_partitions < 1 or len(devices) % num_partitions:
+      raise RunnerError(f'num_partitions={num_partitions} must divide the device count '
+                        f'({len(devices)}).')
+    shape = (len(devices) // num_partitions, num_partitions)
+    try:
+      from jax.experimental import mesh_utils  # pylint: disable=g-import-not-at-top
+      grid = mesh_utils.create_device_mesh(shape, devices=devices)
+    except Exception:  # pylint: disable=broad-except  (CPU / odd topologies)
+      grid = np.array(devices).reshape(shape)
+    self.mesh = Mesh(grid, ('data', 'model'))
+    self.rules = list(logical_axis_rules or standard_logical_axis_rules())
+
+  @property
+  def data_size(self) -> int:
+    return self.mesh.shape['data']
+
+  def context(self):
+    """Mesh + logical rules for tracing (activation sharding constraints in the network)."""
+    import contextlib  # pylint: disable=g-import-not-at-top
+    stack = contextlib.ExitStack()
+    stack.enter_context(jax.set_mesh(self.mesh))
+    stack.enter_context(nn_partitioning.axis_rules(self.rules))
+    return stack
+
+  def sharding(self, logical_axes: Sequence[Optional[str]]) -> NamedSharding:
+    return NamedSharding(self.mesh, nn.logical_to_mesh_axes(tuple(logical_axes), self.rules))
+
+  @property
+  def replicated(self) -> NamedSharding:
+    return NamedSharding(self.mesh, PartitionSpec())
+
+  @property
+  def batch_sharding(self) -> NamedSharding:
+    return NamedSharding(self.mesh, PartitionSpec('data'))
+
+  def params_shardings(self, params_axes: PyTree, params: PyTree) -> PyTree:
+    """NamedSharding per parameter from the `params_axes` collection."""
+    names = nn_partitioning.get_axis_names(params_axes)
+    names = jax.tree_util.tree_map(lambda s: s, flax_unfreeze(names),
+                                   is_leaf=lambda x: isinstance(x, PartitionSpec))
+    missing = []
+
+    def one(path, _):
+      keys = tuple(p.key for p in path)
+      node = names
+      for k in keys:
+        if not isinstance(node, Mapping) or k not in node:
+          missing.append('/'.join(keys))
+          return self.replicated
+        node = node[k]
+      return self.sharding(tuple(node))
+
+    out = jax.tree_util.tree_map_with_path(one, params)
+    if missing:
+      raise RunnerError(f'Missing axis names for parameters: {missing[:5]}')
+    return out
+
+  def opt_state_shardings(self, abstract_opt_state: PyTree, params: PyTree,
+                          param_shardings: PyTree) -> PyTree:
+    """Shardings for optimizer state: per-parameter statistics follow their parameter.
+
+    A statistic with the parameter's shape gets its sharding; a factored one (one axis averaged
+    away) gets the parameter's spec without that axis; anything else is replicated.
+    """
+    by_path = {}
+    for path, (p, s) in _flatten_with_keys(params, param_shardings):
+      by_path[path] = (p.shape, s.spec)
+
+    def one(path, leaf):
+      keys = tuple(getattr(k, 'key', getattr(k, 'name', None)) for k in path)
+      shape = tuple(getattr(leaf, 'shape', ()))
+      for n in range(len(keys), 0, -1):
+        if keys[-n:] in by_path:
+          pshape, spec = by_path[keys[-n:]]
+          spec = tuple(spec) + (None,) * (len(pshape) - len(spec))
+          if shape == tuple(pshape):
+            return NamedSharding(self.mesh, PartitionSpec(*spec))
+          for i in range(len(pshape)):
+            if shape == tuple(pshape[:i]) + tuple(pshape[i + 1:]):
+              return NamedSharding(self.mesh, PartitionSpec(*(spec[:i] + spec[i + 1:])))
+          break
+      return self.replicated
+
+    return jax.tree_util.tree_map_with_path(one, abstract_opt_state)
+
+  def shard_batch(self, host_batch: Mapping[str, np.ndarray]) -> Dict[str, jax.Array]:
+    """Host-local numpy batch -> global jax.Arrays split over 'data' (multi-host aware)."""
+    return {k: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(v))
+            for k, v in host_batch.items()}
+
+
+def flax_unfreeze(x):
+  import flax  # pylint: disable=g-import-not-at-top
+  return flax.core.unfreeze(x)
+
+
+def _flatten_with_keys(a: PyTree, b: PyTree):
+  flat_a, _ = jax.tree_util.tree_flatten_with_path(a)
+  flat_b = jax.tree_util.tree_leaves(b, is_leaf=lambda x: isinstance(x, NamedSharding))
+  for (path, x), y in zip(flat_a, flat_b):
+    yield tuple(getattr(k, 'key', getattr(k, 'name', None)) for k in path), (x, y)

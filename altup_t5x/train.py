@@ -32,6 +32,7 @@ import numpy as np
 from altup_t5x import checkpoints as checkpoints_lib
 from altup_t5x import losses
 from altup_t5x import models as models_lib
+from altup_t5x import partitioning
 from altup_t5x import trainer as trainer_lib
 from altup_t5x import utils
 
@@ -157,7 +158,7 @@ def train(*, model: models_lib.EncoderDecoderModel, train_dataset_cfg: utils.Dat
   utils.check_feature_lengths(train_dataset_cfg, task)
   if eval_dataset_cfg is not None and eval_period:
     utils.check_feature_lengths(eval_dataset_cfg, utils.get_task(eval_dataset_cfg))
-  partitioner = utils.Partitioner(num_partitions)
+  partitioner = partitioning.Partitioner(num_partitions)
   if train_dataset_cfg.batch_size % partitioner.data_size:
     raise RunnerError(f'BATCH_SIZE={train_dataset_cfg.batch_size} must be divisible by the data '
                       f'axis of the mesh ({partitioner.data_size} = devices / num_partitions).')

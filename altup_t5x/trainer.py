@@ -2,7 +2,7 @@
 
 The train state is a plain dict {'step', 'params', 'opt_state'}. Its shardings come from the
 network's `params_axes` (logical axis names) mapped through the partitioner's rules; optimizer
-statistics follow their parameter (see `utils.Partitioner.opt_state_shardings`). Dropout keys are
+statistics follow their parameter (see `partitioning.Partitioner.opt_state_shardings`). Dropout keys are
 `fold_in(seed, step)`, so a resumed run draws the same dropout masks as an uninterrupted one.
 """
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
@@ -13,6 +13,7 @@ import numpy as np
 import optax
 
 from altup_t5x import models as models_lib
+from altup_t5x import partitioning
 from altup_t5x import utils
 
 PyTree = Any
@@ -26,7 +27,7 @@ def abstract_with_shardings(tree: PyTree, shardings: PyTree) -> PyTree:
 class Trainer:
   """Builds and runs the compiled steps of one model on one partitioner."""
 
-  def __init__(self, model: models_lib.EncoderDecoderModel, partitioner: utils.Partitioner,
+  def __init__(self, model: models_lib.EncoderDecoderModel, partitioner: partitioning.Partitioner,
                input_shapes: Mapping[str, Tuple[int, ...]], seed: int = 0,
                learning_rate_fn: Optional[Callable[[Any], Any]] = None):
     if model.optimizer is None:

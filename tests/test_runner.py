@@ -165,7 +165,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 MESH_SCRIPT = textwrap.dedent('''
   import json, sys, tempfile
   import jax, jax.numpy as jnp, numpy as np
-  from altup_t5x import checkpoints, models, optimizers, trainer as trainer_lib, utils
+  from altup_t5x import checkpoints, models, optimizers, partitioning, trainer as trainer_lib
   from altup_t5x.config import AltUpConfig
   from altup_t5x.network import Transformer
   assert jax.device_count() == 8, jax.devices()
@@ -185,7 +185,7 @@ MESH_SCRIPT = textwrap.dedent('''
   out = {}
   for name, devices, parts in [('1', jax.devices()[:1], 1), ('8x1', None, 1), ('4x2', None, 2),
                                ('2x4', None, 4)]:
-    part = utils.Partitioner(parts, devices=devices)
+    part = partitioning.Partitioner(parts, devices=devices)
     tr = trainer_lib.Trainer(model, part, shapes, seed=0)
     state = tr.init_state()
     losses = []
@@ -199,7 +199,7 @@ MESH_SCRIPT = textwrap.dedent('''
       ck.save(state, 3, wait=True)
       ref_params = jax.device_get(state['params'])
   # Restore the 1-device checkpoint onto a 4x2 mesh.
-  part = utils.Partitioner(2)
+  part = partitioning.Partitioner(2)
   tr = trainer_lib.Trainer(model, part, shapes, seed=0)
   restored = checkpoints.Checkpointer(ckdir).restore(tr.abstract_state)
   kernel = restored['params']['decoder']['logits_dense']['kernel']
