@@ -16,7 +16,7 @@ import flax
 import jax
 import orbax.checkpoint as ocp
 
-from altup_t5x.utils import RunnerError
+from altup_t5x.config import RunnerError
 
 PyTree = Any
 

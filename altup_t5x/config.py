@@ -41,6 +41,10 @@ class ConfigError(ValueError):
   """A setting has a value outside what it allows; the message names both."""
 
 
+class RunnerError(ValueError):
+  """A problem with the run's configuration, found before anything is compiled."""
+
+
 def _check_choice(name: str, value: Any, allowed: Sequence[str]):
   if value not in allowed:
     raise ConfigError(f'AltUpConfig.{name}={value!r} is not supported; allowed values: '

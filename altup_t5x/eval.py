@@ -21,13 +21,14 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import jax
 import numpy as np
 
+from altup_t5x import cli
 from altup_t5x import checkpoints as checkpoints_lib
 from altup_t5x import models as models_lib
 from altup_t5x import partitioning
 from altup_t5x import trainer as trainer_lib
-from altup_t5x import utils
+from altup_t5x.data import datasets
 
-RunnerError = utils.RunnerError
+RunnerError = cli.RunnerError
 
 
 def _log(msg: str) -> None:
@@ -35,13 +36,13 @@ def _log(msg: str) -> None:
     print(msg, flush=True)
 
 
-def load_model_params(model, cfg: utils.DatasetConfig, checkpoint_path: str,
+def load_model_params(model, cfg: datasets.DatasetConfig, checkpoint_path: str,
                       num_partitions: int = 1):
   """Validates the config, builds a Trainer and restores the checkpoint's parameters."""
   if not checkpoint_path:
     raise RunnerError('CHECKPOINT_PATH is not set.')
-  task = utils.get_task(cfg)
-  utils.check_feature_lengths(cfg, task)
+  task = datasets.get_task(cfg)
+  datasets.check_feature_lengths(cfg, task)
   partitioner = partitioning.Partitioner(num_partitions)
   if cfg.batch_size % partitioner.data_size:
     raise RunnerError(f'BATCH_SIZE={cfg.batch_size} must be divisible by the data axis of the '
@@ -52,7 +53,7 @@ def load_model_params(model, cfg: utils.DatasetConfig, checkpoint_path: str,
   return task, trainer, params, step
 
 
-def raw_examples(task, cfg: utils.DatasetConfig, max_examples: Optional[int]) -> List[Dict]:
+def raw_examples(task, cfg: datasets.DatasetConfig, max_examples: Optional[int]) -> List[Dict]:
   """The task's preprocessed, tokenized examples (unpacked, in order)."""
   ds = task.get_dataset(dict(cfg.task_feature_lengths), split=cfg.split, shuffle=False,
                         num_epochs=1, seed=cfg.seed if cfg.seed is not None else 0,
@@ -130,7 +131,7 @@ def task_metrics(task, examples, rows) -> Dict[str, float]:
   return out
 
 
-def evaluate(*, model: models_lib.EncoderDecoderModel, dataset_cfg: utils.DatasetConfig,
+def evaluate(*, model: models_lib.EncoderDecoderModel, dataset_cfg: datasets.DatasetConfig,
              checkpoint_path: str, output_dir: Optional[str] = None, num_partitions: int = 1,
              eval_steps: Optional[int] = None, max_predict_examples: int = 16,
              num_decodes: int = 1) -> Dict[str, float]:
@@ -144,7 +145,7 @@ def evaluate(*, model: models_lib.EncoderDecoderModel, dataset_cfg: utils.Datase
   metrics = {f'{k}': v for k, v in
              train_lib.evaluate_loss(trainer, params, dataset_cfg, eval_steps).items()}
   rows_all = []
-  for sub in utils._leaf_tasks(task):  # pylint: disable=protected-access
+  for sub in datasets.leaf_tasks(task):
     examples = raw_examples(sub, dataset_cfg, max_predict_examples)
     rows = predict_examples(trainer, params, sub, dataset_cfg, examples, num_decodes)
     # Namespaced by task (as T5X logs inference metrics), so that a task metric called e.g.
@@ -172,11 +173,11 @@ def evaluate(*, model: models_lib.EncoderDecoderModel, dataset_cfg: utils.Datase
 
 
 def main(argv):
-  return utils.run_entry_point(argv, __doc__, 'eval', 'evaluate')
+  return cli.run_entry_point(argv, __doc__, 'eval', 'evaluate')
 
 
 def console_main():
-  utils.console_entry(main)
+  cli.console_entry(main)
 
 
 if __name__ == '__main__':

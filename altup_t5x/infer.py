@@ -19,15 +19,16 @@ from typing import Any, Dict, List, Optional
 import jax
 import numpy as np
 
+from altup_t5x import cli
 from altup_t5x import eval as eval_lib
 from altup_t5x import models as models_lib
-from altup_t5x import utils
+from altup_t5x.data import datasets
 
-RunnerError = utils.RunnerError
+RunnerError = cli.RunnerError
 MODES = ('predict', 'score')
 
 
-def infer(*, model: models_lib.EncoderDecoderModel, dataset_cfg: utils.DatasetConfig,
+def infer(*, model: models_lib.EncoderDecoderModel, dataset_cfg: datasets.DatasetConfig,
           checkpoint_path: str, output_dir: str, mode: str = 'predict',
           num_decodes: int = 1, max_examples: Optional[int] = 64,
           num_partitions: int = 1) -> List[Dict[str, Any]]:
@@ -38,7 +39,7 @@ def infer(*, model: models_lib.EncoderDecoderModel, dataset_cfg: utils.DatasetCo
   task, trainer, params, step = eval_lib.load_model_params(model, dataset_cfg, checkpoint_path,
                                                            num_partitions)
   rows_all = []
-  for sub in utils._leaf_tasks(task):  # pylint: disable=protected-access
+  for sub in datasets.leaf_tasks(task):
     examples = eval_lib.raw_examples(sub, dataset_cfg, max_examples)
     if mode == 'predict':
       rows = eval_lib.predict_examples(trainer, params, sub, dataset_cfg, examples, num_decodes)
@@ -66,11 +67,11 @@ def infer(*, model: models_lib.EncoderDecoderModel, dataset_cfg: utils.DatasetCo
 
 
 def main(argv):
-  return utils.run_entry_point(argv, __doc__, 'infer', 'infer')
+  return cli.run_entry_point(argv, __doc__, 'infer', 'infer')
 
 
 def console_main():
-  utils.console_entry(main)
+  cli.console_entry(main)
 
 
 if __name__ == '__main__':

@@ -30,7 +30,7 @@ import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 import numpy as np
 
-from altup_t5x.utils import RunnerError
+from altup_t5x.config import RunnerError
 
 PyTree = Any
 AxisRules = Sequence[Tuple[str, Optional[str]]]

@@ -28,7 +28,7 @@ def _gin_files(variant_gin: str, run_gin: str):
 def run(steps: int = 150, workdir: str = None, examples: int = 3, eval_batches: int = 4):
   from altup_t5x import eval as eval_lib  # pylint: disable=g-import-not-at-top
   from altup_t5x import train as train_lib  # pylint: disable=g-import-not-at-top
-  from altup_t5x import utils  # pylint: disable=g-import-not-at-top
+  from altup_t5x import cli  # pylint: disable=g-import-not-at-top
   t0 = time.time()
   workdir = workdir or os.path.join(tempfile.gettempdir(), 'altup_quickstart')
   search = [REPO_ROOT]
@@ -38,16 +38,16 @@ def run(steps: int = 150, workdir: str = None, examples: int = 3, eval_batches: 
     if os.path.exists(model_dir):
       shutil.rmtree(model_dir)  # always a fresh, comparable run
     print(f'\n=== {name}: training {steps} steps -> {model_dir}', flush=True)
-    utils.parse_gin(_gin_files(variant, 'gin/runner/pretrain.gin'), search,
-                    [f'MODEL_DIR = {model_dir!r}', f'TRAIN_STEPS = {steps}'])
-    train_result = utils.call_configured(train_lib.train, 'train')
+    cli.parse_gin(_gin_files(variant, 'gin/runner/pretrain.gin'), search,
+                  [f'MODEL_DIR = {model_dir!r}', f'TRAIN_STEPS = {steps}'])
+    train_result = cli.call_configured(train_lib.train, 'train')
     print(f'=== {name}: evaluating', flush=True)
-    utils.parse_gin(_gin_files(variant, 'gin/runner/eval.gin'), search,
-                    [f'CHECKPOINT_PATH = {model_dir!r}',
-                     f"EVAL_OUTPUT_DIR = {os.path.join(model_dir, 'eval')!r}",
-                     f'EVAL_STEPS = {eval_batches}', f'MAX_PREDICT_EXAMPLES = {examples}',
-                     'BATCH_SIZE = 16'])
-    eval_metrics = utils.call_configured(eval_lib.evaluate, 'eval')
+    cli.parse_gin(_gin_files(variant, 'gin/runner/eval.gin'), search,
+                  [f'CHECKPOINT_PATH = {model_dir!r}',
+                   f"EVAL_OUTPUT_DIR = {os.path.join(model_dir, 'eval')!r}",
+                   f'EVAL_STEPS = {eval_batches}', f'MAX_PREDICT_EXAMPLES = {examples}',
+                   'BATCH_SIZE = 16'])
+    eval_metrics = cli.call_configured(eval_lib.evaluate, 'eval')
     import json  # pylint: disable=g-import-not-at-top
     with open(os.path.join(model_dir, 'eval', 'predictions.jsonl')) as f:
       predictions = [json.loads(line) for line in f]

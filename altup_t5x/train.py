@@ -29,14 +29,15 @@ from typing import Any, Callable, Dict, Mapping, Optional
 import jax
 import numpy as np
 
+from altup_t5x import cli
 from altup_t5x import checkpoints as checkpoints_lib
 from altup_t5x import losses
 from altup_t5x import models as models_lib
 from altup_t5x import partitioning
 from altup_t5x import trainer as trainer_lib
-from altup_t5x import utils
+from altup_t5x.data import datasets
 
-RunnerError = utils.RunnerError
+RunnerError = cli.RunnerError
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -113,20 +114,20 @@ def _keep_tf_off_accelerators():
     pass
 
 
-def _batches(cfg: utils.DatasetConfig, skip: int = 0):
+def _batches(cfg: datasets.DatasetConfig, skip: int = 0):
   _keep_tf_off_accelerators()
-  ds = utils.get_dataset(cfg, shard_index=jax.process_index(), num_shards=jax.process_count())
+  ds = datasets.get_dataset(cfg, shard_index=jax.process_index(), num_shards=jax.process_count())
   if skip:
     ds = ds.skip(skip)
   return ds.prefetch(2).as_numpy_iterator()
 
 
-def evaluate_loss(trainer: trainer_lib.Trainer, params, cfg: utils.DatasetConfig,
+def evaluate_loss(trainer: trainer_lib.Trainer, params, cfg: datasets.DatasetConfig,
                   num_batches: Optional[int]) -> Dict[str, float]:
   """Teacher-forced loss / token accuracy over (at most num_batches of) a split."""
   _keep_tf_off_accelerators()
-  ds = utils.get_dataset(cfg, shard_index=jax.process_index(), num_shards=jax.process_count(),
-                         num_epochs=1)
+  ds = datasets.get_dataset(cfg, shard_index=jax.process_index(), num_shards=jax.process_count(),
+                            num_epochs=1)
   if num_batches:
     ds = ds.take(num_batches)
   host_bs = cfg.batch_size // jax.process_count()
@@ -137,8 +138,9 @@ def evaluate_loss(trainer: trainer_lib.Trainer, params, cfg: utils.DatasetConfig
   return losses.summarize_metrics(metrics)
 
 
-def train(*, model: models_lib.EncoderDecoderModel, train_dataset_cfg: utils.DatasetConfig,
-          model_dir: str, total_steps: int, eval_dataset_cfg: Optional[utils.DatasetConfig] = None,
+def train(*, model: models_lib.EncoderDecoderModel, train_dataset_cfg: datasets.DatasetConfig,
+          model_dir: str, total_steps: int,
+          eval_dataset_cfg: Optional[datasets.DatasetConfig] = None,
           checkpoint_period: int = 1000, keep_checkpoints: Optional[int] = 3,
           eval_period: int = 0, eval_steps: int = 10, log_period: int = 100,
           random_seed: int = 0, num_partitions: int = 1,
@@ -154,10 +156,10 @@ def train(*, model: models_lib.EncoderDecoderModel, train_dataset_cfg: utils.Dat
   if train_dataset_cfg.seed is None:
     train_dataset_cfg.seed = 0  # a fixed order is what makes resuming exact
   # --- Everything a user can get wrong is checked before any compilation. -------------------
-  task = utils.get_task(train_dataset_cfg)
-  utils.check_feature_lengths(train_dataset_cfg, task)
+  task = datasets.get_task(train_dataset_cfg)
+  datasets.check_feature_lengths(train_dataset_cfg, task)
   if eval_dataset_cfg is not None and eval_period:
-    utils.check_feature_lengths(eval_dataset_cfg, utils.get_task(eval_dataset_cfg))
+    datasets.check_feature_lengths(eval_dataset_cfg, datasets.get_task(eval_dataset_cfg))
   partitioner = partitioning.Partitioner(num_partitions)
   if train_dataset_cfg.batch_size % partitioner.data_size:
     raise RunnerError(f'BATCH_SIZE={train_dataset_cfg.batch_size} must be divisible by the data '
@@ -232,7 +234,7 @@ def train(*, model: models_lib.EncoderDecoderModel, train_dataset_cfg: utils.Dat
           eta = (total_steps - step) / steps_per_sec
           _log(f'[train] step {step}/{total_steps} loss={loss:.4f} '
                f'acc={summary["accuracy"]:.4f} {steps_per_sec:.2f} steps/s '
-               f'ETA {utils.format_seconds(eta)}')
+               f'ETA {format_seconds(eta)}')
         if eval_summaries is not None and step % eval_period == 0:
           eval_metrics = evaluate_loss(trainer, state['params'], eval_dataset_cfg, eval_steps)
           eval_summaries.write(step, eval_metrics)
@@ -273,13 +275,21 @@ def train(*, model: models_lib.EncoderDecoderModel, train_dataset_cfg: utils.Dat
   return result
 
 
+def format_seconds(s: float) -> str:
+  """7s, 3m05s, 1h02m03s."""
+  s = int(round(max(s, 0)))
+  h, rem = divmod(s, 3600)
+  m, sec = divmod(rem, 60)
+  return f'{h}h{m:02d}m{sec:02d}s' if h else (f'{m}m{sec:02d}s' if m else f'{sec}s')
+
+
 def main(argv) -> Dict[str, Any]:
-  return utils.run_entry_point(argv, __doc__, 'train', 'train')
+  return cli.run_entry_point(argv, __doc__, 'train', 'train')
 
 
 def console_main():
-  from altup_t5x import train as module  # pylint: disable=g-import-not-at-top  (see utils)
-  utils.console_entry(module.main, {module.NonFiniteLossError: 3})
+  from altup_t5x import train as module  # pylint: disable=g-import-not-at-top  (see cli)
+  cli.console_entry(module.main, {module.NonFiniteLossError: 3})
 
 
 if __name__ == '__main__':

@@ -2,8 +2,8 @@
 
 The train state is a plain dict {'step', 'params', 'opt_state'}. Its shardings come from the
 network's `params_axes` (logical axis names) mapped through the partitioner's rules; optimizer
-statistics follow their parameter (see `partitioning.Partitioner.opt_state_shardings`). Dropout keys are
-`fold_in(seed, step)`, so a resumed run draws the same dropout masks as an uninterrupted one.
+statistics follow their parameter (see `partitioning.Partitioner.opt_state_shardings`). Dropout
+keys are `fold_in(seed, step)`, so a resumed run draws the same dropout masks as an uninterrupted one.
 """
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
@@ -14,7 +14,7 @@ import optax
 
 from altup_t5x import models as models_lib
 from altup_t5x import partitioning
-from altup_t5x import utils
+from altup_t5x.config import RunnerError
 
 PyTree = Any
 
@@ -31,7 +31,7 @@ class Trainer:
                input_shapes: Mapping[str, Tuple[int, ...]], seed: int = 0,
                learning_rate_fn: Optional[Callable[[Any], Any]] = None):
     if model.optimizer is None:
-      raise utils.RunnerError('the model has no optimizer: bind EncoderDecoderModel.optimizer in '
+      raise RunnerError('the model has no optimizer: bind EncoderDecoderModel.optimizer in '
                               'the model gin (gin/runner/model.gin does).')
     self.model = model
     self.partitioner = partitioner
@@ -43,7 +43,7 @@ class Trainer:
     abstract_vars = jax.eval_shape(self._init_variables, jax.random.PRNGKey(seed))
     self.params_axes = abstract_vars.get('params_axes')
     if self.params_axes is None:
-      raise utils.RunnerError('the network produced no params_axes collection: every parameter '
+      raise RunnerError('the network produced no params_axes collection: every parameter '
                               'needs logical axis names (param_with_axes).')
     abstract_params = abstract_vars['params']
     param_sh = partitioner.params_shardings(self.params_axes, abstract_params)

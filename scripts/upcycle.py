@@ -47,15 +47,15 @@ def parse_args(argv):
 
 def main(argv=None):
   args, bindings = parse_args(sys.argv[1:] if argv is None else argv)
-  from altup_t5x import checkpoints, upcycle, utils  # pylint: disable=g-import-not-at-top
+  from altup_t5x import checkpoints, cli, upcycle  # pylint: disable=g-import-not-at-top
   from altup_t5x.config import AltUpConfig  # pylint: disable=g-import-not-at-top
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
 
   out = os.path.abspath(args.output_dir)
   if os.path.exists(out) and os.listdir(out):
     raise SystemExit(f'--output_dir={out} exists and is not empty; refusing to overwrite it.')
-  utils.parse_gin(args.gin_file, args.gin_search_paths.split(','), bindings)
-  cfg = utils.configured(AltUpConfig)()
+  cli.parse_gin(args.gin_file, args.gin_search_paths.split(','), bindings)
+  cfg = cli.configured(AltUpConfig)()
   dense_cfg = upcycle.dense_config_of(cfg)
   abstract = upcycle.param_shapes(dense_cfg)
   if args.from_t5x:

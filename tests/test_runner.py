@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from altup_t5x import utils
+from altup_t5x import cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
@@ -24,7 +24,7 @@ QUIET_ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', JAX_PLATFORMS='cpu',
 
 
 def _configure(run_gin, bindings, arch=TINY):
-  utils.parse_gin(arch + [run_gin, 'gin/runner/cpu_tiny.gin'], [REPO], bindings)
+  cli.parse_gin(arch + [run_gin, 'gin/runner/cpu_tiny.gin'], [REPO], bindings)
 
 
 def _train(model_dir, steps, *extra, arch=TINY):
@@ -32,7 +32,7 @@ def _train(model_dir, steps, *extra, arch=TINY):
   _configure('gin/runner/pretrain.gin',
              [f'MODEL_DIR = {str(model_dir)!r}', f'TRAIN_STEPS = {steps}', 'CHECKPOINT_PERIOD = 3',
               'KEEP_CHECKPOINTS = 2', *extra], arch)
-  return utils.call_configured(train.train, 'train')
+  return cli.call_configured(train.train, 'train')
 
 
 def _losses(model_dir):
@@ -67,7 +67,7 @@ def test_train_checkpoint_eval_infer_round_trip(trained, tmp_path):
   _configure('gin/runner/eval.gin', [f'CHECKPOINT_PATH = {str(model_dir)!r}',
                                       f'EVAL_OUTPUT_DIR = {str(tmp_path / "eval")!r}',
                                       'EVAL_STEPS = 2', 'MAX_PREDICT_EXAMPLES = 3'])
-  metrics = utils.call_configured(eval_lib.evaluate, 'eval')
+  metrics = cli.call_configured(eval_lib.evaluate, 'eval')
   assert metrics['step'] == 7
   assert 0.0 <= metrics['accuracy'] <= 1.0 and np.isfinite(metrics['cross_ent_loss'])
   task = 'altup_embedded_span_corruption'
@@ -81,7 +81,7 @@ def test_train_checkpoint_eval_infer_round_trip(trained, tmp_path):
                                          f'INFER_OUTPUT_DIR = {str(tmp_path / "infer")!r}',
                                          f'infer_script.infer.mode = {mode!r}', 'MAX_EXAMPLES = 3',
                                          'NUM_DECODES = 2'])
-    rows[mode] = utils.call_configured(infer_lib.infer, 'infer')
+    rows[mode] = cli.call_configured(infer_lib.infer, 'infer')
     assert len(rows[mode]) == 3
     assert os.path.exists(tmp_path / 'infer' / f'altup_embedded_span_corruption-{mode}.jsonl')
   assert all(isinstance(r['prediction'], str) and np.isfinite(r['score']) for r in rows['predict'])
@@ -109,19 +109,19 @@ def no_compile(monkeypatch):
 
 
 def test_missing_gin_file(no_compile):
-  with pytest.raises(utils.RunnerError, match=r"gin file 'gin/runner/nope.gin' not found"):
-    utils.parse_gin(TINY + ['gin/runner/nope.gin'], [REPO])
+  with pytest.raises(cli.RunnerError, match=r"gin file 'gin/runner/nope.gin' not found"):
+    cli.parse_gin(TINY + ['gin/runner/nope.gin'], [REPO])
 
 
 def test_malformed_gin_file(tmp_path, no_compile):
   bad = tmp_path / 'bad.gin'
   bad.write_text('MODEL_DIR = \n  train_script.train(((\n')
-  with pytest.raises(utils.RunnerError, match='malformed gin configuration'):
-    utils.parse_gin(TINY + [str(bad)], [REPO])
+  with pytest.raises(cli.RunnerError, match='malformed gin configuration'):
+    cli.parse_gin(TINY + [str(bad)], [REPO])
 
 
 def test_unknown_task(tmp_path, no_compile):
-  with pytest.raises(utils.RunnerError, match=r"MIXTURE_OR_TASK_NAME='no_such_task' is not a "
+  with pytest.raises(cli.RunnerError, match=r"MIXTURE_OR_TASK_NAME='no_such_task' is not a "
                                               r"registered seqio task.*altup_embedded"):
     _train(tmp_path / 'x', 2, "MIXTURE_OR_TASK_NAME = 'no_such_task'")
 
@@ -132,7 +132,7 @@ def test_unknown_task(tmp_path, no_compile):
     ("{'inputs': 32}", r'must give exactly the features'),
 ])
 def test_feature_lengths_that_cannot_hold_the_data(tmp_path, no_compile, lengths, match):
-  with pytest.raises(utils.RunnerError, match=match):
+  with pytest.raises(cli.RunnerError, match=match):
     _train(tmp_path / 'x', 2, f'TASK_FEATURE_LENGTHS = {lengths}')
 
 
@@ -140,12 +140,12 @@ def test_checkpoint_of_another_architecture(trained, tmp_path, no_compile):
   from altup_t5x import eval as eval_lib
   model_dir, _ = trained  # an AltUp K=2 run
   baseline = ['gin/t5_1_1/tiny.gin', 'gin/altup/baseline.gin', 'gin/runner/model.gin']
-  with pytest.raises(utils.RunnerError, match='different architecture.*altup_0'):
+  with pytest.raises(cli.RunnerError, match='different architecture.*altup_0'):
     _train(model_dir, 9, arch=baseline)  # resuming
   _configure('gin/runner/eval.gin', [f'CHECKPOINT_PATH = {str(model_dir)!r}',
                                       f'EVAL_OUTPUT_DIR = {str(tmp_path)!r}'], baseline)
-  with pytest.raises(utils.RunnerError, match='different architecture'):
-    utils.call_configured(eval_lib.evaluate, 'eval')
+  with pytest.raises(cli.RunnerError, match='different architecture'):
+    cli.call_configured(eval_lib.evaluate, 'eval')
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):

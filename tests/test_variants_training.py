@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from altup_t5x import checkpoints, utils
+from altup_t5x import checkpoints, cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARCH = ['gin/t5_1_1/tiny.gin', 'gin/runner/model.gin']
@@ -33,10 +33,10 @@ VARIANTS = {
 
 def train(model_dir, steps, bindings):
   from altup_t5x import train as train_lib
-  utils.parse_gin(ARCH + ['gin/runner/pretrain.gin', 'gin/runner/cpu_tiny.gin'], [REPO],
-                  [f'MODEL_DIR = {str(model_dir)!r}', f'TRAIN_STEPS = {steps}',
-                   'CHECKPOINT_PERIOD = 1000', *SMALL, *bindings])
-  result = utils.call_configured(train_lib.train, 'train')
+  cli.parse_gin(ARCH + ['gin/runner/pretrain.gin', 'gin/runner/cpu_tiny.gin'], [REPO],
+                [f'MODEL_DIR = {str(model_dir)!r}', f'TRAIN_STEPS = {steps}',
+                 'CHECKPOINT_PERIOD = 1000', *SMALL, *bindings])
+  result = cli.call_configured(train_lib.train, 'train')
   with open(os.path.join(model_dir, 'train_metrics.jsonl')) as f:
     rows = [json.loads(line) for line in f]
   return result, [r['loss'] for r in rows if 'loss' in r]

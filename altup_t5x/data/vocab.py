@@ -133,3 +133,9 @@ def t5_vocabulary(extra_ids: int = DEFAULT_EXTRA_IDS) -> seqio.SentencePieceVoca
 def byte_vocabulary(extra_ids: int = 0) -> seqio.ByteVocabulary:
   """UTF-8 bytes (ByT5 ids: pad 0, eos 1, unk 2, bytes 3..258), no file needed."""
   return seqio.ByteVocabulary(extra_ids=extra_ids)
+
+
+def padded_vocab_size(vocabulary, multiple: int = 128) -> int:
+  """The vocabulary size rounded up to a multiple (for NUM_EMBEDDINGS), as T5's 32128."""
+  n = vocabulary.vocab_size
+  return ((n + multiple - 1) // multiple) * multiple
