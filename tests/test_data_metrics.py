@@ -59,9 +59,9 @@ def test_squad_max_over_gold_answers():
   predictions = ["the Eiffel Tower!", "big red dog"]
   # q1: exact after normalisation; q2: 2 shared tokens of 3 and 3 -> F1 2/3, EM 0
   out = metrics.squad(targets, predictions)
-  assert out == pytest.approx({"exact_match": 50.0, "f1": 100 * (1 + 2 / 3) / 2})
+  assert out == pytest.approx({"em": 50.0, "f1": 100 * (1 + 2 / 3) / 2})
   # A single string target is one gold answer.
-  assert metrics.squad(["Paris"], ["paris"]) == pytest.approx({"exact_match": 100.0, "f1": 100.0})
+  assert metrics.squad(["Paris"], ["paris"]) == pytest.approx({"em": 100.0, "f1": 100.0})
 
 
 def test_record_deduplicates_queries():
@@ -69,7 +69,7 @@ def test_record_deduplicates_queries():
              {"answers": ["Obama", "Barack Obama"], "group": (0, 0)},
              {"answers": ["Paris"], "group": (0, 1)}]
   predictions = ["Barack Obama", "ignored duplicate", "London"]
-  assert metrics.record(targets, predictions) == pytest.approx({"exact_match": 50.0, "f1": 50.0})
+  assert metrics.record(targets, predictions) == pytest.approx({"em": 50.0, "f1": 50.0})
 
 
 def test_multirc_f1a_and_exact_match():
@@ -91,7 +91,7 @@ def test_glue_and_super_glue_averages():
   assert metrics.glue_average(glue, exclude=["cola"])["average"] == pytest.approx((90 + 75 + 61 + 81) / 4)
 
   sg = {"boolq": {"accuracy": 80.0}, "cb": {"mean_3class_f1": 70.0, "accuracy": 90.0},
-        "record": {"exact_match": 60.0, "f1": 62.0}}
+        "record": {"em": 60.0, "f1": 62.0}}
   assert metrics.super_glue_average(sg)["average"] == pytest.approx((80 + 80 + 61) / 3)
   with pytest.raises(ValueError, match="No scores"):
     metrics.super_glue_average({"unknown": {"accuracy": 1.0}})

@@ -82,7 +82,8 @@ GLUE_CASES = [
 
 @pytest.mark.parametrize("name,rows,expected", GLUE_CASES, ids=[c[0] for c in GLUE_CASES])
 def test_glue_tasks(test_vocab, name, rows, expected):
-  out = _run(tasks.glue_task_name(name), f"glue/{name}", rows)
+  split = "validation_matched" if name == "mnli" else "validation"
+  out = _run(tasks.glue_task_name(name), f"glue/{name}", rows, split=split)
   assert _pairs(out) == expected
   assert [int(ex["idx"]) for ex in out] == [r["idx"] for r in rows]
 
@@ -100,7 +101,7 @@ def test_glue_labels_match_tfds():
 def test_mnli_splits(test_vocab):
   row = [{"premise": "P.", "hypothesis": "H.", "label": 0, "idx": 0}]
   _REQUESTS.clear()
-  _run(tasks.glue_task_name("mnli"), "glue/mnli", row, split="validation")
+  _run(tasks.glue_task_name("mnli"), "glue/mnli", row, split="validation_matched")
   _run(tasks.glue_task_name("mnli"), "glue/mnli", row, split="validation_mismatched")
   for variant in ("matched", "mismatched"):
     out = _run(tasks.glue_task_name(f"mnli_{variant}"), f"glue/mnli_{variant}", row)
@@ -108,6 +109,22 @@ def test_mnli_splits(test_vocab):
   assert _REQUESTS == [("glue/mnli", "validation_matched"), ("glue/mnli", "validation_mismatched"),
                        ("glue/mnli_matched", "validation"), ("glue/mnli_mismatched", "validation")]
   assert "train" not in seqio.get_mixture_or_task(tasks.glue_task_name("mnli_matched")).splits
+
+
+def test_glue_mixture_evaluates_each_validation_set_once(test_vocab):
+  """As seqio's Evaluator, evaluate the mixture's tasks that have a 'validation' split."""
+  glue = seqio.get_mixture_or_task(tasks.GLUE_MIXTURE)
+  evaluated = [t for t in glue.tasks if "validation" in t.splits and t.metric_fns]
+  _REQUESTS.clear()
+  with tfds.testing.mock_data(as_dataset_fn=_as_dataset):
+    for t in evaluated:
+      _ROWS[t.source.tfds_dataset.name.split(":")[0]] = [{"idx": 0}]
+      t.source.get_dataset(split="validation", shuffle=False)
+  # Each (TFDS dataset, split) once: MNLI matched and mismatched, and no MNLI-matched twice.
+  assert len(_REQUESTS) == len(set(_REQUESTS)) == len(tasks.GLUE_LABELS) + 1
+  assert ("glue/mnli_matched", "validation") in _REQUESTS
+  assert ("glue/mnli_mismatched", "validation") in _REQUESTS
+  assert not any(name == "glue/mnli" for name, _ in _REQUESTS)
 
 
 SUPER_GLUE_CASES = [
@@ -162,7 +179,7 @@ def test_record_one_example_per_answer(test_vocab):
   targets = [task.postprocess_fn(ex["targets_pretokenized"], example=ex, is_target=True) for ex in out]
   assert targets[0] == {"answers": ["cat", "Cats"], "group": (0, 7)} == targets[1]
   assert targets[2] == {"answers": ["<unk>"], "group": (1, 8)}
-  assert task.metric_fns[0](targets, ["Cats", "x", "nothing"]) == {"exact_match": 50.0, "f1": 50.0}
+  assert task.metric_fns[0](targets, ["Cats", "x", "nothing"]) == {"em": 50.0, "f1": 50.0}
 
 
 def test_squad(test_vocab):
@@ -173,7 +190,7 @@ def test_squad(test_vocab):
   task = seqio.get_mixture_or_task(tasks.SQUAD)
   target = task.postprocess_fn(out[0]["targets_pretokenized"], example=out[0], is_target=True)
   assert target == ["France", "in France"]
-  assert task.metric_fns[0]([target], ["in france"]) == {"exact_match": 100.0, "f1": 100.0}
+  assert task.metric_fns[0]([target], ["in france"]) == {"em": 100.0, "f1": 100.0}
 
 
 def test_trivia_qa_closed_book(test_vocab):
@@ -184,7 +201,7 @@ def test_trivia_qa_closed_book(test_vocab):
   task = seqio.get_mixture_or_task(tasks.TRIVIA_QA)
   target = task.postprocess_fn("William Shakespeare", example=out[0], is_target=True)
   assert target == ["William Shakespeare", "Shakespeare", "Bard of Avon"]
-  assert task.metric_fns[0]([target], ["shakespeare"])["exact_match"] == 100.0
+  assert task.metric_fns[0]([target], ["shakespeare"])["em"] == 100.0
 
 
 def test_c4_span_corruption(test_vocab):

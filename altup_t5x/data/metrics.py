@@ -120,6 +120,7 @@ def squad(targets: Sequence, predictions: Sequence[str]) -> dict:
   """Exact match and token F1, each the max over a question's gold answers, averaged.
 
   `targets[i]` is a list of gold answer strings (or one string, or a dict with "answers").
+  Named "em" and "f1", as T5's `t5.evaluation.metrics.squad` (used for SQuAD, TriviaQA, ReCoRD).
   """
   if len(targets) != len(predictions):
     raise ValueError(f"{len(targets)} targets but {len(predictions)} predictions.")
@@ -128,7 +129,7 @@ def squad(targets: Sequence, predictions: Sequence[str]) -> dict:
     golds = _as_answer_list(golds)
     em.append(max(_exact(pred, g) for g in golds))
     f1.append(max(_token_f1(pred, g) for g in golds))
-  return {"exact_match": 100.0 * float(np.mean(em)), "f1": 100.0 * float(np.mean(f1))}
+  return {"em": 100.0 * float(np.mean(em)), "f1": 100.0 * float(np.mean(f1))}
 
 
 def record(targets: Sequence[Mapping], predictions: Sequence[str]) -> dict:

@@ -190,9 +190,12 @@ def _register_glue(vocabulary: seqio.Vocabulary) -> list:
       fmt = _text_preprocessors(prep.glue_text, benchmark_name=name, label_names=labels)
       metric_fns, post = _classification_metrics(name)
     if name == "mnli":
-      splits = {"train": "train", "validation": "validation_matched",
+      # No "validation" split, as T5's glue_mnli_v002 (TFDS split names): an evaluator of the
+      # mixture's "validation" split skips this task, so MNLI-matched and -mismatched are each
+      # evaluated once, by the two eval-only tasks below.
+      splits = {"train": "train", "validation_matched": "validation_matched",
                 "validation_mismatched": "validation_mismatched",
-                "test": "test_matched", "test_mismatched": "test_mismatched"}
+                "test_matched": "test_matched", "test_mismatched": "test_mismatched"}
     _add_task(glue_task_name(name),
               source=seqio.TfdsDataSource(tfds_name=f"glue/{name}:2.0.0", splits=splits),
               preprocessors=fmt, output_features=features,
