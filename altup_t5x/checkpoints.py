@@ -7,10 +7,17 @@ restart could pick up: only finalised steps are listed.
 
 Restoring uses the *current* run's shardings as the target, so a checkpoint written on one mesh
 (e.g. 1 device) restores onto any other (e.g. 4 x 2). Before reading any array, the stored shapes
-are compared with the model's; a checkpoint of another architecture gives one clear error.
+are compared with the model's; a checkpoint of another architecture gives one clear error, and a
+checkpoint whose files cannot be read (e.g. overwritten on disk) another one, which names the file
+and the previous intact step. Nothing is ever deleted on restore.
+
+A step is read as what the manager wrote: a composite checkpoint (`<step>/_CHECKPOINT_METADATA`)
+whose one item, 'default', holds the state.
 """
+import json
 import os
-from typing import Any, Mapping, Optional, Sequence
+import re
+from typing import Any, Mapping, Optional, Sequence, Tuple
 
 import flax
 import jax
@@ -19,6 +26,11 @@ import orbax.checkpoint as ocp
 from altup_t5x.config import RunnerError
 
 PyTree = Any
+ITEM = 'default'  # the item name CheckpointManager gives a single-item checkpoint
+
+
+class CorruptCheckpointError(RunnerError):
+  """A checkpoint step whose files cannot be read."""
 
 
 def _shape_tree(tree: PyTree):
@@ -91,7 +103,11 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     self.check_compatible(abstract_state, step, what='all')
     target = to_storable(abstract_state)
-    restored = self.manager.restore(step, args=ocp.args.StandardRestore(target))
+    try:
+      restored = self.manager.restore(step, args=ocp.args.StandardRestore(target))
+    except Exception as e:  # pylint: disable=broad-except  (re-raised unless the files are bad)
+      _raise_if_corrupt(os.path.join(self.directory, str(step)), e)
+      raise
     return from_storable(abstract_state, restored)
 
 
@@ -110,18 +126,85 @@ def load_shapes(manager: ocp.CheckpointManager, step: int):
   return _stored_shapes(os.path.join(str(manager.directory), str(step)))
 
 
-def _item_dir(step_dir: str) -> str:
-  return os.path.join(step_dir, 'default')
+def _step_checkpointer() -> ocp.Checkpointer:
+  return ocp.Checkpointer(ocp.CompositeCheckpointHandler(**{ITEM: ocp.PyTreeCheckpointHandler()}))
 
 
 def _stored_shapes(step_dir: str):
   """{path: shape} of a finalised checkpoint, read from its metadata only (no arrays)."""
-  meta = ocp.PyTreeCheckpointer().metadata(_item_dir(step_dir))
-  tree = getattr(meta, 'tree', None)
-  if tree is None:
-    tree = getattr(meta, 'item_metadata', meta)
-    tree = getattr(tree, 'tree', tree)
-  return _shape_tree(tree)
+  try:
+    meta = _step_checkpointer().metadata(step_dir)
+    item = (getattr(meta, 'item_metadata', None) or {}).get(ITEM)
+  except Exception as e:  # pylint: disable=broad-except  (re-raised unless the files are bad)
+    _raise_if_corrupt(step_dir, e)
+    raise
+  shapes = _shape_tree(getattr(item, 'tree', item)) if item is not None else {}
+  if not shapes:  # Orbax logs and returns nothing when the item's metadata cannot be decoded
+    _raise_if_corrupt(step_dir, None, force=True)
+  return shapes
+
+
+# Files of an Orbax/OCDBT checkpoint that can be checked without TensorStore: JSON metadata, and
+# OCDBT manifests and data files, which start with the OCDBT magic bytes 0x0cdb.
+_JSON_FILES = ('_CHECKPOINT_METADATA', '_METADATA', '_sharding')
+_OCDBT_MAGIC = b'\x0c\xdb'
+
+
+def find_bad_file(step_dir: str) -> Optional[Tuple[str, str]]:
+  """(file, what is wrong) for the first checkpoint file that cannot be decoded, else None."""
+  for root, dirs, files in os.walk(step_dir):
+    dirs.sort()
+    for name in sorted(files):
+      path = os.path.join(root, name)
+      parent = os.path.basename(root)
+      try:
+        if name in _JSON_FILES or parent == 'array_metadatas':
+          with open(path, 'rb') as f:
+            json.loads(f.read().decode('utf-8'))
+        elif name == 'manifest.ocdbt' or parent == 'd':
+          with open(path, 'rb') as f:
+            if f.read(len(_OCDBT_MAGIC)) != _OCDBT_MAGIC:
+              return path, 'not an OCDBT file (wrong header)'
+      except (OSError, ValueError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return path, f'{type(e).__name__}: {e}'
+  return None
+
+
+def is_intact(step_dir: str) -> bool:
+  """Whether a step's files decode and its metadata lists arrays (no array is read)."""
+  if find_bad_file(step_dir) is not None:
+    return False
+  try:
+    _stored_shapes(step_dir)
+  except Exception:  # pylint: disable=broad-except
+    return False
+  return True
+
+
+def _raise_if_corrupt(step_dir: str, error: Optional[BaseException], force: bool = False) -> None:
+  """Raises CorruptCheckpointError if the step's files are bad (or `force`), else returns."""
+  bad = find_bad_file(step_dir)
+  message = f'{type(error).__name__}: {error}' if error is not None else ''
+  if bad is None:
+    named = re.findall(r'local file "([^"]*[^/"])"', message)
+    if named:
+      bad = (named[-1], message.split('[tensorstore_spec')[0].strip()[:300])
+    elif not (force or 'DATA_LOSS' in message):
+      return
+  directory, step = os.path.split(os.path.abspath(step_dir))
+  what = f'{bad[0]} ({bad[1]})' if bad else f'a file under {step_dir} ({message or "its metadata"})'
+  earlier = sorted((int(s) for s in os.listdir(directory)
+                    if s.isdigit() and step.isdigit() and int(s) < int(step)), reverse=True)
+  previous = next((s for s in earlier if is_intact(os.path.join(directory, str(s)))), None)
+  if previous is None:
+    advice = f'there is no earlier intact checkpoint in {directory}.'
+  else:
+    advice = (f'the previous intact checkpoint is step {previous} ({directory}/{previous}): to '
+              f'resume from it, move {step_dir} out of {directory} (e.g. rename it to '
+              f'{step}.corrupt), or point CHECKPOINT_PATH at {directory}/{previous}.')
+  raise CorruptCheckpointError(
+      f'checkpoint {step_dir} is unreadable or corrupt: {what}. Nothing was deleted; '
+      + advice) from error
 
 
 def resolve_checkpoint(path: str):
@@ -152,8 +235,12 @@ def restore_params(path: str, abstract_params: PyTree) -> PyTree:
     raise RunnerError(f'checkpoint {step_dir} was written for a different architecture '
                       f'than the configured model: {diff}.')
   target = {'params': abstract_params}
-  restored = ocp.PyTreeCheckpointer().restore(
-      _item_dir(step_dir), args=ocp.args.PyTreeRestore(
-          item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-          partial_restore=True))
-  return restored['params'], step
+  args = ocp.args.PyTreeRestore(
+      item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+      partial_restore=True)
+  try:
+    restored = _step_checkpointer().restore(step_dir, args=ocp.args.Composite(**{ITEM: args}))
+  except Exception as e:  # pylint: disable=broad-except  (re-raised unless the files are bad)
+    _raise_if_corrupt(step_dir, e)
+    raise
+  return restored[ITEM]['params'], step
