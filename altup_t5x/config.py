@@ -117,6 +117,10 @@ class AltUpConfig:
     sequence_altup_mode: 'predict_correct' (skipped tokens predicted from themselves and corrected
       with the innovation of their anchor, learned scalars) or 'skip' (stride-and-skip: skipped
       tokens left unchanged, the naive comparison).
+    sequence_altup_max_segments: the most examples a packed encoder row is expected to hold; sets
+      the static anchor capacity of packed rows (floor((l + k (s-1-o)) / s) slots). A row holding
+      more short examples may overflow it: its last anchors are dropped (their windows left
+      unchanged by that layer), as MoE drops tokens over capacity. Unpacked rows never overflow.
 
   Sparse Mixture-of-Experts MLP (see `altup_t5x.moe`):
     moe_num_experts: 0 (dense everywhere) or the number of experts E of the sparse layers.
@@ -153,6 +157,7 @@ class AltUpConfig:
   # Sequence-AltUp.
   sequence_altup_stride: int = 1
   sequence_altup_mode: str = 'predict_correct'
+  sequence_altup_max_segments: int = 8
   # Mixture of experts.
   moe_num_experts: int = 0
   moe_every: int = 2
@@ -190,6 +195,7 @@ class AltUpConfig:
     _check_positive('altup_coef_clip', self.altup_coef_clip)
     _check_int('sequence_altup_stride', self.sequence_altup_stride, 1)
     _check_choice('sequence_altup_mode', self.sequence_altup_mode, SEQUENCE_MODES)
+    _check_int('sequence_altup_max_segments', self.sequence_altup_max_segments, 1)
     _check_int('moe_num_experts', self.moe_num_experts, 0)
     if self.moe_num_experts == 1:
       raise ConfigError('AltUpConfig.moe_num_experts=1 is not a mixture; use 0 (dense) or >= 2.')

@@ -209,7 +209,8 @@ class Encoder(AltUpStack):
   norm_name: str = 'encoder_norm'
 
   @nn.compact
-  def __call__(self, encoder_input_tokens, encoder_mask=None, deterministic=False):
+  def __call__(self, encoder_input_tokens, encoder_mask=None, deterministic=False,
+               encoder_segment_ids=None, encoder_positions=None):
     cfg = self.config
     assert encoder_input_tokens.ndim == 2, f'[batch, length] expected, got {encoder_input_tokens.shape}'
     length = encoder_input_tokens.shape[-1]
@@ -224,18 +225,33 @@ class Encoder(AltUpStack):
     scalars = [SequenceAltUpScalars(name=f'sequence_altup_{i}')
                if stride > 1 and cfg.sequence_altup_mode == 'predict_correct' else None
                for i in range(self.num_layers)]
+    # Sequence-AltUp follows each segment's own positions (packed rows); unpacked: one segment.
+    if encoder_segment_ids is None:
+      segment_ids, max_segments = (encoder_input_tokens > 0).astype(jnp.int32), 1
+      positions = jnp.broadcast_to(jnp.arange(length), encoder_input_tokens.shape)
+    else:
+      segment_ids, max_segments = encoder_segment_ids, cfg.sequence_altup_max_segments
+      positions = (sequence.segment_positions(segment_ids) if encoder_positions is None
+                   else encoder_positions)
 
     def layer_call(i, h):
       if stride == 1:
         return layer_modules[i](h, encoder_mask, bias, deterministic)
 
-      def on_anchors(h_anchors, anchors):  # the layer sees only the anchors, their mask and bias
-        sub_mask = None if encoder_mask is None else encoder_mask[:, :, anchors, anchors]
-        return layer_modules[i](h_anchors, sub_mask, bias[:, :, anchors, anchors], deterministic)
+      def on_anchors(h_anchors, slot_positions, slot_valid):  # the anchors, their mask and bias
+        sub_mask = slot_valid[:, None, :, None] & slot_valid[:, None, None, :]
+        if encoder_mask is not None:
+          rows = jnp.take_along_axis(encoder_mask, slot_positions[:, None, :, None], axis=2)
+          sub_mask = sub_mask & (jnp.take_along_axis(rows, slot_positions[:, None, None, :],
+                                                     axis=3) > 0)
+        sub_bias = jnp.moveaxis(
+            bias[0][:, slot_positions[:, :, None], slot_positions[:, None, :]], 0, 1)
+        return layer_modules[i](h_anchors, sub_mask.astype(cfg.dtype), sub_bias, deterministic)
 
       alpha, beta = scalars[i]() if scalars[i] is not None else (1.0, 1.0)
-      return sequence.sequence_altup_step(h, on_anchors, stride, cfg.sequence_offset(i), alpha,
-                                          beta, cfg.sequence_altup_mode)
+      return sequence.sequence_altup_step(
+          h, on_anchors, stride, cfg.sequence_offset(i), alpha, beta, cfg.sequence_altup_mode,
+          segment_ids=segment_ids, positions=positions, max_segments=max_segments)
 
     x = self.run_layers(x, layer_call)
     return self.finish(x, deterministic)
@@ -284,15 +300,19 @@ class Transformer(nn.Module):
     self.decoder = Decoder(cfg, self.shared_embedding, cfg.num_decoder_layers,
                            norm_name='decoder_norm')
 
-  def encode(self, encoder_input_tokens, encoder_segment_ids=None, enable_dropout=True):
-    """[b, l] tokens -> [b, l, d] encoder output (reduced to d and normed)."""
+  def encode(self, encoder_input_tokens, encoder_segment_ids=None, enable_dropout=True,
+             encoder_positions=None):
+    """[b, l] tokens -> [b, l, d] encoder output (reduced to d and normed). Packed rows: segment
+    ids (0 = padding) and optionally positions (derived from the segment ids when absent)."""
     cfg = self.config
     mask = layers.make_attention_mask(encoder_input_tokens > 0, encoder_input_tokens > 0,
                                       dtype=cfg.dtype)
     if encoder_segment_ids is not None:
       mask = layers.combine_masks(mask, layers.make_attention_mask(
           encoder_segment_ids, encoder_segment_ids, jnp.equal, dtype=cfg.dtype), dtype=cfg.dtype)
-    return self.encoder(encoder_input_tokens, mask, deterministic=not enable_dropout)
+    return self.encoder(encoder_input_tokens, mask, deterministic=not enable_dropout,
+                        encoder_segment_ids=encoder_segment_ids,
+                        encoder_positions=encoder_positions)
 
   def decode(self, encoded, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens,
              encoder_segment_ids=None, decoder_segment_ids=None, decoder_positions=None,
@@ -323,7 +343,8 @@ class Transformer(nn.Module):
                decoder_positions=None, *, enable_dropout: bool = True, decode: bool = False,
                max_decode_length: Optional[int] = None):
     """Teacher-forced logits [b, l_dec, vocab]."""
-    encoded = self.encode(encoder_input_tokens, encoder_segment_ids, enable_dropout)
+    encoded = self.encode(encoder_input_tokens, encoder_segment_ids, enable_dropout,
+                          encoder_positions)
     return self.decode(encoded, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens,
                        encoder_segment_ids, decoder_segment_ids, decoder_positions,
                        enable_dropout=enable_dropout, decode=decode,
