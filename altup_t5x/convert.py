@@ -225,10 +225,10 @@ def open_t5x(path: str) -> Source:
 
 
 def open_runner(path: str) -> Source:
-  from altup_t5x import utils  # pylint: disable=g-import-not-at-top
+  from altup_t5x import config  # pylint: disable=g-import-not-at-top
   try:
     return RunnerSource(path)
-  except utils.RunnerError as e:
+  except config.RunnerError as e:
     raise ConvertError(f'--input: {e}') from e
 
 
@@ -374,23 +374,23 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     return convert(open_runner(args.input), args.output, 't5x')
   if args.command == 't5x-to-runner':
     return convert(open_t5x(args.input), args.output, 'runner')
-  from altup_t5x import utils  # pylint: disable=g-import-not-at-top
+  from altup_t5x import cli  # pylint: disable=g-import-not-at-top
   from altup_t5x.config import AltUpConfig  # pylint: disable=g-import-not-at-top
   if not args.gin_file:
     parser.error('upcycle needs --gin_file: a size file and an AltUp variant (e.g. '
                  '--gin_file=gin/t5_1_1/small.gin --gin_file=gin/altup/recycled_k2.gin)')
   if not any(b.replace(' ', '').startswith('DROPOUT_RATE=') for b in bindings):
     bindings.append('DROPOUT_RATE = 0.0')  # a run setting the architecture files leave REQUIRED
-  utils.parse_gin(args.gin_file, args.gin_search_paths.split(','), bindings)
-  cfg = utils.configured(AltUpConfig)()
+  cli.parse_gin(args.gin_file, args.gin_search_paths.split(','), bindings)
+  cfg = cli.configured(AltUpConfig)()
   return upcycle(open_checkpoint(args.input), cfg, args.output, args.format)
 
 
 def console_main():
-  from altup_t5x import config, upcycle as upcycle_lib, utils  # pylint: disable=g-import-not-at-top
+  from altup_t5x import config, upcycle as upcycle_lib  # pylint: disable=g-import-not-at-top
   try:
     main()
-  except (ConvertError, upcycle_lib.UpcycleError, config.ConfigError, utils.RunnerError) as e:
+  except (ConvertError, upcycle_lib.UpcycleError, config.ConfigError, config.RunnerError) as e:
     print(f'ERROR: {e}', file=sys.stderr, flush=True)
     sys.exit(2)
 
