@@ -5,6 +5,7 @@ errors and NaN handling. `-m slow`: 8 fake-device meshes, killing and resuming r
 """
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -146,6 +147,73 @@ def test_checkpoint_of_another_architecture(trained, tmp_path, no_compile):
                                       f'EVAL_OUTPUT_DIR = {str(tmp_path)!r}'], baseline)
   with pytest.raises(cli.RunnerError, match='different architecture'):
     cli.call_configured(eval_lib.evaluate, 'eval')
+
+
+def _cli_train(capsys, *flags):
+  """`python -m altup_t5x.train ...` in-process: (exit status, stderr lines)."""
+  from altup_t5x import train
+  argv = [f'--gin_search_paths={REPO}',
+          *[f'--gin_file={f}' for f in TINY + ['gin/runner/pretrain.gin', 'gin/runner/cpu_tiny.gin']],
+          '--gin.TRAIN_STEPS=2', *flags]
+  capsys.readouterr()
+  code = cli.run_cli(train.main, argv, {train.NonFiniteLossError: 3})
+  return code, capsys.readouterr().err.strip().splitlines()
+
+
+@pytest.mark.parametrize('flag,match', [
+    ('--gin.ALTUP_K=0', r'AltUpConfig\.altup_k=0'),
+    ("--gin.ALTUP_SELECTION='alternate'", r"AltUpConfig\.altup_selection='alternate' is not supported"),
+    ('--gin.DROPOUT_RATE=-0.1', r'AltUpConfig\.dropout_rate=-0\.1'),
+    ('--gin.ALTUP_K=(2', r"malformed gin configuration in the binding 'ALTUP_K = \(2'.*TokenError"),
+    ('--gin.BATCH_SIZE=0', r'BATCH_SIZE=0 must be a positive integer'),
+])
+def test_bad_settings_give_one_error_line_and_exit_2(tmp_path, capsys, no_compile, flag, match):
+  code, err = _cli_train(capsys, f'--gin.MODEL_DIR={tmp_path / "m"}', flag)
+  assert code == 2 and len(err) == 1 and err[0].startswith('ERROR: '), err
+  assert re.search(match, err[0]), err[0]
+
+
+def test_model_dir_that_is_a_file(tmp_path, capsys, no_compile):
+  path = tmp_path / 'a_file'
+  path.write_text('x')
+  code, err = _cli_train(capsys, f'--gin.MODEL_DIR={path}')
+  assert code == 2 and err == [f"ERROR: MODEL_DIR='{path}' is a file; expected a directory "
+                               "(created if missing)."]
+  code, err = _cli_train(capsys, f'--gin.MODEL_DIR={path / "run"}')
+  assert code == 2 and len(err) == 1 and f"is inside '{path}', which is a file" in err[0]
+
+
+def test_tfds_task_whose_data_is_not_prepared(tmp_path, capsys, no_compile, monkeypatch):
+  from tensorflow_datasets.core import constants
+  monkeypatch.setattr(constants, 'DATA_DIR', str(tmp_path / 'tfds'))  # an empty TFDS data dir
+  monkeypatch.setenv('TFDS_DATA_DIR', str(tmp_path / 'tfds'))
+  code, err = _cli_train(capsys, f'--gin.MODEL_DIR={tmp_path / "m"}',
+                         "--gin.MIXTURE_OR_TASK_NAME='altup_super_glue_boolq_v102'")
+  assert code == 2 and len(err) == 1, err
+  assert re.search(r"task 'altup_super_glue_boolq_v102' needs the TFDS dataset super_glue/boolq "
+                   r'version 1\.0\.2, which is not prepared in the TFDS data dir \(looked for '
+                   + re.escape(str(tmp_path / 'tfds')), err[0]), err[0]
+
+
+def test_corrupt_checkpoint_names_the_file_and_the_previous_intact_step(trained, tmp_path,
+                                                                         no_compile):
+  import shutil
+  from altup_t5x import eval as eval_lib
+  model_dir = tmp_path / 'copy'
+  shutil.copytree(trained[0], model_dir)
+  ckdir = model_dir / 'checkpoints'
+  bad = ckdir / '7' / 'default' / '_METADATA'
+  bad.write_bytes(np.random.RandomState(0).bytes(bad.stat().st_size))
+  before = sorted(str(p) for p in model_dir.rglob('*'))
+  match = (rf'checkpoint {ckdir}/7 is unreadable or corrupt: {bad} \(.*\)\. Nothing was deleted; '
+           rf'the previous intact checkpoint is step 6 \({ckdir}/6\)')
+  with pytest.raises(cli.RunnerError, match=match):
+    _train(model_dir, 9)  # resuming
+  _configure('gin/runner/eval.gin', [f'CHECKPOINT_PATH = {str(model_dir)!r}',
+                                      f'EVAL_OUTPUT_DIR = {str(tmp_path / "eval")!r}'])
+  with pytest.raises(cli.RunnerError, match=match):
+    cli.call_configured(eval_lib.evaluate, 'eval')
+  assert sorted(str(p) for p in model_dir.rglob('*')) == before  # nothing deleted or added
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
