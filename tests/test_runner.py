@@ -14,8 +14,10 @@ import time
 
 import numpy as np
 import pytest
+import seqio
 
 from altup_t5x import cli
+from altup_t5x.data import datasets
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
@@ -53,7 +55,7 @@ def trained(tmp_path_factory):
   return model_dir, result
 
 
-def test_train_checkpoint_eval_infer_round_trip(trained, tmp_path):
+def test_train_checkpoint_eval_infer_round_trip(trained, tmp_path, capsys):
   from altup_t5x import eval as eval_lib
   from altup_t5x import infer as infer_lib
   model_dir, result = trained
@@ -68,8 +70,17 @@ def test_train_checkpoint_eval_infer_round_trip(trained, tmp_path):
   _configure('gin/runner/eval.gin', [f'CHECKPOINT_PATH = {str(model_dir)!r}',
                                       f'EVAL_OUTPUT_DIR = {str(tmp_path / "eval")!r}',
                                       'EVAL_STEPS = 2', 'MAX_PREDICT_EXAMPLES = 3'])
+  capsys.readouterr()
   metrics = cli.call_configured(eval_lib.evaluate, 'eval')
   assert metrics['step'] == 7
+  # Limited metrics say so, with the split's size (the embedded validation split, these lengths).
+  out = capsys.readouterr().out
+  total = len(eval_lib.raw_examples(
+      seqio.get_mixture_or_task('altup_embedded_span_corruption'),
+      datasets.DatasetConfig('altup_embedded_span_corruption', {'inputs': 32, 'targets': 8},
+                             split='validation'), None))
+  assert f'(metrics on 16 of {total} examples: EVAL_STEPS=2)' in out, out
+  assert f'(metrics on 3 of {total} examples: MAX_PREDICT_EXAMPLES=3)' in out, out
   assert 0.0 <= metrics['accuracy'] <= 1.0 and np.isfinite(metrics['cross_ent_loss'])
   task = 'altup_embedded_span_corruption'
   assert 0.0 <= metrics[f'{task}/decode_exact_match'] <= 100.0
@@ -214,6 +225,27 @@ def test_corrupt_checkpoint_names_the_file_and_the_previous_intact_step(trained,
   with pytest.raises(cli.RunnerError, match=match):
     cli.call_configured(eval_lib.evaluate, 'eval')
   assert sorted(str(p) for p in model_dir.rglob('*')) == before  # nothing deleted or added
+
+
+def test_stderr_filter_drops_only_the_no_cuda_noise(capfd):
+  with cli._filtered_stderr(cli._NO_CUDA_NOISE):  # pylint: disable=protected-access
+    os.write(2, b'WARNING: All log messages before absl::InitializeLog() is called are written '
+                b'to STDERR\nI0000 00:00:1.0 1 cudart_stub.cc:31] Could not find cuda drivers on '
+                b'your machine, GPU will not be used.\nE0000 1 cuda_platform.cc:52] failed call '
+                b'to cuInit: INTERNAL: CUDA error\nE0000 1 other.cc:1] a real error\n')
+  assert capfd.readouterr().err == 'E0000 1 other.cc:1] a real error\n'
+
+
+@pytest.mark.skipif(cli.cuda_driver_present(), reason='the noise is dropped only without CUDA')
+def test_entry_points_import_tensorflow_without_cuda_noise():
+  env = {k: v for k, v in os.environ.items()
+         if k not in ('TF_CPP_MIN_LOG_LEVEL', 'CUDA_VISIBLE_DEVICES', 'JAX_PLATFORMS')}
+  code = ('from altup_t5x import cli; cli.import_tensorflow_quietly(); import tensorflow as tf; '
+          'import jax; print(int(tf.constant(1) + 1), jax.default_backend())')
+  proc = subprocess.run([PY, '-c', code], cwd=REPO, env=env, capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == 0 and proc.stdout.split() == ['2', 'cpu'], proc.stderr
+  assert not re.search(r'cuda|cuInit|InitializeLog', proc.stderr, re.I), proc.stderr
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
