@@ -29,6 +29,10 @@ setuptools.setup(
     long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
     long_description_content_type="text/markdown",
     packages=setuptools.find_packages(include=["altup_t5x", "altup_t5x.*"]),
+    # The packages sit in the project root: with package_dir given as the root, `pip install -e .`
+    # adds the root to sys.path with a plain .pth file (setuptools' simple-layout editable mode:
+    # no import hook, no warning); gin/ and the corpus are then found next to the package.
+    package_dir={"": "."},
     package_data={"altup_t5x": ["gin/*.gin", "gin/**/*.gin", "data/*.txt", "data/*.json"]},
     include_package_data=True,
     python_requires=">=3.10",

@@ -144,14 +144,19 @@ def _stored_shapes(step_dir: str):
   return shapes
 
 
-# Files of an Orbax/OCDBT checkpoint that can be checked without TensorStore: JSON metadata, and
-# OCDBT manifests and data files, which start with the OCDBT magic bytes 0x0cdb.
+# Files of an Orbax/OCDBT checkpoint that can be checked without TensorStore: JSON metadata, OCDBT
+# manifests (magic bytes 0x0cdb3a2a), and data files, which start with OCDBT's 0x0cdb or, compressed,
+# zstd's frame magic 0x28b52ffd.
 _JSON_FILES = ('_CHECKPOINT_METADATA', '_METADATA', '_sharding')
-_OCDBT_MAGIC = b'\x0c\xdb'
+_MANIFEST_MAGIC = b'\x0c\xdb\x3a\x2a'
+_DATA_MAGICS = (b'\x0c\xdb', b'\x28\xb5\x2f\xfd')
 
 
-def find_bad_file(step_dir: str) -> Optional[Tuple[str, str]]:
-  """(file, what is wrong) for the first checkpoint file that cannot be decoded, else None."""
+def find_bad_file(step_dir: str, data_files: bool = True) -> Optional[Tuple[str, str]]:
+  """(file, what is wrong) for the first checkpoint file that cannot be decoded, else None.
+
+  `data_files`: also check the headers of the OCDBT data files (d/*).
+  """
   for root, dirs, files in os.walk(step_dir):
     dirs.sort()
     for name in sorted(files):
@@ -161,18 +166,23 @@ def find_bad_file(step_dir: str) -> Optional[Tuple[str, str]]:
         if name in _JSON_FILES or parent == 'array_metadatas':
           with open(path, 'rb') as f:
             json.loads(f.read().decode('utf-8'))
-        elif name == 'manifest.ocdbt' or parent == 'd':
+        elif name == 'manifest.ocdbt':
           with open(path, 'rb') as f:
-            if f.read(len(_OCDBT_MAGIC)) != _OCDBT_MAGIC:
-              return path, 'not an OCDBT file (wrong header)'
+            if f.read(len(_MANIFEST_MAGIC)) != _MANIFEST_MAGIC:
+              return path, 'not an OCDBT manifest (wrong header)'
+        elif parent == 'd' and data_files:
+          with open(path, 'rb') as f:
+            head = f.read(4)
+          if not any(head.startswith(m) for m in _DATA_MAGICS):
+            return path, 'not an OCDBT data file (wrong header)'
       except (OSError, ValueError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         return path, f'{type(e).__name__}: {e}'
   return None
 
 
 def is_intact(step_dir: str) -> bool:
-  """Whether a step's files decode and its metadata lists arrays (no array is read)."""
-  if find_bad_file(step_dir) is not None:
+  """Whether a step's metadata files decode and list arrays (no array is read)."""
+  if find_bad_file(step_dir, data_files=False) is not None:
     return False
   try:
     _stored_shapes(step_dir)

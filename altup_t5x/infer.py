@@ -36,10 +36,11 @@ def infer(*, model: models_lib.EncoderDecoderModel, dataset_cfg: datasets.Datase
   if mode not in MODES:
     raise RunnerError(f'infer.mode={mode!r} is not supported; allowed: {MODES}.')
   t0 = time.time()
+  cli.check_output_dir('INFER_OUTPUT_DIR', output_dir)
   task, trainer, params, step = eval_lib.load_model_params(model, dataset_cfg, checkpoint_path,
                                                            num_partitions)
   rows_all = []
-  for sub in datasets.leaf_tasks(task):
+  for sub in eval_lib.evaluated_tasks(task, dataset_cfg.split):
     examples = eval_lib.raw_examples(sub, dataset_cfg, max_examples)
     if mode == 'predict':
       rows = eval_lib.predict_examples(trainer, params, sub, dataset_cfg, examples, num_decodes)

@@ -85,6 +85,8 @@ def main(argv=None):
   parser.add_argument('--workdir', default=None)
   parser.add_argument('--examples', type=int, default=3)
   args = parser.parse_args(argv)
+  from altup_t5x import cli  # pylint: disable=g-import-not-at-top
+  cli.import_tensorflow_quietly()
   run(args.steps, args.workdir, args.examples)
 
 

@@ -125,17 +125,37 @@ def _batches(cfg: datasets.DatasetConfig, skip: int = 0):
 def evaluate_loss(trainer: trainer_lib.Trainer, params, cfg: datasets.DatasetConfig,
                   num_batches: Optional[int]) -> Dict[str, float]:
   """Teacher-forced loss / token accuracy over (at most num_batches of) a split."""
+  return evaluate_loss_counted(trainer, params, cfg, num_batches)[0]
+
+
+def evaluate_loss_counted(trainer: trainer_lib.Trainer, params, cfg: datasets.DatasetConfig,
+                          num_batches: Optional[int]):
+  """(metrics, examples evaluated, whether the whole split was) of `evaluate_loss`."""
   _keep_tf_off_accelerators()
   ds = datasets.get_dataset(cfg, shard_index=jax.process_index(), num_shards=jax.process_count(),
                             num_epochs=1)
   if num_batches:
-    ds = ds.take(num_batches)
+    ds = ds.take(num_batches + 1)  # one more, to know whether the split had more
   host_bs = cfg.batch_size // jax.process_count()
   metrics = []
-  for batch in ds.as_numpy_iterator():
+  examples = 0
+  complete = True
+  for i, batch in enumerate(ds.as_numpy_iterator()):
+    if num_batches and i == num_batches:
+      complete = False
+      break
+    examples += _count_examples(batch)
     batch, _ = trainer_lib.pad_batch(batch, host_bs)  # padded rows have zero loss weight
     metrics.append(trainer.eval_step(params, trainer.partitioner.shard_batch(batch)))
-  return losses.summarize_metrics(metrics)
+  return losses.summarize_metrics(metrics), examples, complete
+
+
+def _count_examples(batch: Mapping[str, np.ndarray]) -> int:
+  """Examples in a batch of model features: packed segments, or rows with targets."""
+  seg = batch.get('decoder_segment_ids')
+  if seg is not None:
+    return int(sum(len(np.unique(row[row > 0])) for row in np.asarray(seg)))
+  return int(np.sum(np.any(np.asarray(batch['decoder_loss_weights']) > 0, axis=-1)))
 
 
 def train(*, model: models_lib.EncoderDecoderModel, train_dataset_cfg: datasets.DatasetConfig,
@@ -156,10 +176,14 @@ def train(*, model: models_lib.EncoderDecoderModel, train_dataset_cfg: datasets.
   if train_dataset_cfg.seed is None:
     train_dataset_cfg.seed = 0  # a fixed order is what makes resuming exact
   # --- Everything a user can get wrong is checked before any compilation. -------------------
+  cli.check_output_dir('MODEL_DIR', model_dir)
   task = datasets.get_task(train_dataset_cfg)
   datasets.check_feature_lengths(train_dataset_cfg, task)
+  datasets.check_data_prepared(train_dataset_cfg, task)
   if eval_dataset_cfg is not None and eval_period:
-    datasets.check_feature_lengths(eval_dataset_cfg, datasets.get_task(eval_dataset_cfg))
+    eval_task = datasets.get_task(eval_dataset_cfg)
+    datasets.check_feature_lengths(eval_dataset_cfg, eval_task)
+    datasets.check_data_prepared(eval_dataset_cfg, eval_task)
   partitioner = partitioning.Partitioner(num_partitions)
   if train_dataset_cfg.batch_size % partitioner.data_size:
     raise RunnerError(f'BATCH_SIZE={train_dataset_cfg.batch_size} must be divisible by the data '
@@ -202,6 +226,9 @@ def train(*, model: models_lib.EncoderDecoderModel, train_dataset_cfg: datasets.
     _log(f'[train] already at step {start} >= TRAIN_STEPS={total_steps}; nothing to do.')
   batches = _batches(train_dataset_cfg, skip=start) if start < total_steps else iter(())
   t_loop = time.time()
+  if start < total_steps:
+    _log(f'[train] step {start + 1}/{total_steps}: compiling the train step (the first step; '
+         'not counted in steps/s and ETA)...')
   try:
     with _Preemption() as preemption:
       while step < total_steps:
@@ -226,15 +253,18 @@ def train(*, model: models_lib.EncoderDecoderModel, train_dataset_cfg: datasets.
             if k in metrics:
               summary[k] = float(metrics[k])
           # Wall time per step, data included; the compiling first step is left out.
-          recent = step_times[1:][-log_period:] or step_times
-          steps_per_sec = 1.0 / max(np.mean(recent), 1e-9)
-          summary['steps_per_sec'] = steps_per_sec
+          recent = step_times[1:][-log_period:]
+          if recent:
+            steps_per_sec = 1.0 / max(np.mean(recent), 1e-9)
+            summary['steps_per_sec'] = steps_per_sec
+            speed = (f'{steps_per_sec:.2f} steps/s '
+                     f'ETA {format_seconds((total_steps - step) / steps_per_sec)}')
+          else:
+            speed = f'compiled + first step in {step_times[0]:.1f}s'
           summaries.write(step, summary)
           last_metrics = summary
-          eta = (total_steps - step) / steps_per_sec
           _log(f'[train] step {step}/{total_steps} loss={loss:.4f} '
-               f'acc={summary["accuracy"]:.4f} {steps_per_sec:.2f} steps/s '
-               f'ETA {format_seconds(eta)}')
+               f'acc={summary["accuracy"]:.4f} {speed}')
         if eval_summaries is not None and step % eval_period == 0:
           eval_metrics = evaluate_loss(trainer, state['params'], eval_dataset_cfg, eval_steps)
           eval_summaries.write(step, eval_metrics)

@@ -89,6 +89,48 @@ def test_train_sentencepiece_is_deterministic(tmp_path):
   assert vocab.ensure_default_model(200, str(path)) == str(path) and path.read_bytes() == a
 
 
+_RACE_SCRIPT = """
+import os, sys, time
+from altup_t5x.data import corpus, vocab
+log, path, go = sys.argv[1:4]
+train = vocab.train_sentencepiece
+def counted(texts, vocab_size, **kwargs):
+  with open(log, 'a') as f:
+    f.write(f'{os.getpid()}\\n')
+  time.sleep(2)  # a window in which the other process would start training too
+  return train(corpus.texts('validation')[:300], vocab_size, **kwargs)
+vocab.train_sentencepiece = counted
+open(f'{go}.ready.{os.getpid()}', 'w').close()
+while not os.path.exists(go):
+  time.sleep(0.01)
+print(vocab.ensure_default_model(200, path))
+"""
+
+
+def test_two_processes_train_the_vocabulary_once(tmp_path):
+  """Two first runs started together: one trains, the other waits and uses its file."""
+  import subprocess
+  import sys
+  import time
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  log, path, go = tmp_path / "trained.log", tmp_path / "cache" / "m.model", tmp_path / "go"
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu")
+  procs = [subprocess.Popen([sys.executable, "-c", _RACE_SCRIPT, str(log), str(path), str(go)],
+                            cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True) for _ in range(2)]
+  deadline = time.time() + 120
+  while len(list(tmp_path.glob("go.ready.*"))) < 2 and time.time() < deadline:
+    assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+    time.sleep(0.05)
+  go.touch()  # both are past their imports: start them at the same moment
+  outs = [p.communicate(timeout=120) for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], outs
+  assert [o.strip().splitlines()[-1] for o, _ in outs] == [str(path)] * 2
+  assert len(log.read_text().split()) == 1  # trained once
+  assert path.read_bytes() == vocab.train_sentencepiece(corpus.texts("validation")[:300], 200)
+  assert sorted(os.listdir(path.parent)) == ["m.model", "m.model.lock"]  # no temp files left
+
+
 def test_t5_and_byte_vocabularies(monkeypatch):
   monkeypatch.delenv(vocab.SPM_PATH_ENV, raising=False)
   assert vocab.t5_vocabulary().sentencepiece_model_file == "gs://t5-data/vocabs/cc_all.32000/sentencepiece.model"

@@ -5,6 +5,7 @@ errors and NaN handling. `-m slow`: 8 fake-device meshes, killing and resuming r
 """
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,8 +14,10 @@ import time
 
 import numpy as np
 import pytest
+import seqio
 
 from altup_t5x import cli
+from altup_t5x.data import datasets
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
@@ -52,7 +55,7 @@ def trained(tmp_path_factory):
   return model_dir, result
 
 
-def test_train_checkpoint_eval_infer_round_trip(trained, tmp_path):
+def test_train_checkpoint_eval_infer_round_trip(trained, tmp_path, capsys):
   from altup_t5x import eval as eval_lib
   from altup_t5x import infer as infer_lib
   model_dir, result = trained
@@ -67,8 +70,17 @@ def test_train_checkpoint_eval_infer_round_trip(trained, tmp_path):
   _configure('gin/runner/eval.gin', [f'CHECKPOINT_PATH = {str(model_dir)!r}',
                                       f'EVAL_OUTPUT_DIR = {str(tmp_path / "eval")!r}',
                                       'EVAL_STEPS = 2', 'MAX_PREDICT_EXAMPLES = 3'])
+  capsys.readouterr()
   metrics = cli.call_configured(eval_lib.evaluate, 'eval')
   assert metrics['step'] == 7
+  # Limited metrics say so, with the split's size (the embedded validation split, these lengths).
+  out = capsys.readouterr().out
+  total = len(eval_lib.raw_examples(
+      seqio.get_mixture_or_task('altup_embedded_span_corruption'),
+      datasets.DatasetConfig('altup_embedded_span_corruption', {'inputs': 32, 'targets': 8},
+                             split='validation'), None))
+  assert f'(metrics on 16 of {total} examples: EVAL_STEPS=2)' in out, out
+  assert f'(metrics on 3 of {total} examples: MAX_PREDICT_EXAMPLES=3)' in out, out
   assert 0.0 <= metrics['accuracy'] <= 1.0 and np.isfinite(metrics['cross_ent_loss'])
   task = 'altup_embedded_span_corruption'
   assert 0.0 <= metrics[f'{task}/decode_exact_match'] <= 100.0
@@ -146,6 +158,94 @@ def test_checkpoint_of_another_architecture(trained, tmp_path, no_compile):
                                       f'EVAL_OUTPUT_DIR = {str(tmp_path)!r}'], baseline)
   with pytest.raises(cli.RunnerError, match='different architecture'):
     cli.call_configured(eval_lib.evaluate, 'eval')
+
+
+def _cli_train(capsys, *flags):
+  """`python -m altup_t5x.train ...` in-process: (exit status, stderr lines)."""
+  from altup_t5x import train
+  argv = [f'--gin_search_paths={REPO}',
+          *[f'--gin_file={f}' for f in TINY + ['gin/runner/pretrain.gin', 'gin/runner/cpu_tiny.gin']],
+          '--gin.TRAIN_STEPS=2', *flags]
+  capsys.readouterr()
+  code = cli.run_cli(train.main, argv, {train.NonFiniteLossError: 3})
+  return code, capsys.readouterr().err.strip().splitlines()
+
+
+@pytest.mark.parametrize('flag,match', [
+    ('--gin.ALTUP_K=0', r'AltUpConfig\.altup_k=0'),
+    ("--gin.ALTUP_SELECTION='alternate'", r"AltUpConfig\.altup_selection='alternate' is not supported"),
+    ('--gin.DROPOUT_RATE=-0.1', r'AltUpConfig\.dropout_rate=-0\.1'),
+    ('--gin.ALTUP_K=(2', r"malformed gin configuration in the binding 'ALTUP_K = \(2'.*TokenError"),
+    ('--gin.BATCH_SIZE=0', r'BATCH_SIZE=0 must be a positive integer'),
+])
+def test_bad_settings_give_one_error_line_and_exit_2(tmp_path, capsys, no_compile, flag, match):
+  code, err = _cli_train(capsys, f'--gin.MODEL_DIR={tmp_path / "m"}', flag)
+  assert code == 2 and len(err) == 1 and err[0].startswith('ERROR: '), err
+  assert re.search(match, err[0]), err[0]
+
+
+def test_model_dir_that_is_a_file(tmp_path, capsys, no_compile):
+  path = tmp_path / 'a_file'
+  path.write_text('x')
+  code, err = _cli_train(capsys, f'--gin.MODEL_DIR={path}')
+  assert code == 2 and err == [f"ERROR: MODEL_DIR='{path}' is a file; expected a directory "
+                               "(created if missing)."]
+  code, err = _cli_train(capsys, f'--gin.MODEL_DIR={path / "run"}')
+  assert code == 2 and len(err) == 1 and f"is inside '{path}', which is a file" in err[0]
+
+
+def test_tfds_task_whose_data_is_not_prepared(tmp_path, capsys, no_compile, monkeypatch):
+  from tensorflow_datasets.core import constants
+  monkeypatch.setattr(constants, 'DATA_DIR', str(tmp_path / 'tfds'))  # an empty TFDS data dir
+  monkeypatch.setenv('TFDS_DATA_DIR', str(tmp_path / 'tfds'))
+  code, err = _cli_train(capsys, f'--gin.MODEL_DIR={tmp_path / "m"}',
+                         "--gin.MIXTURE_OR_TASK_NAME='altup_super_glue_boolq_v102'")
+  assert code == 2 and len(err) == 1, err
+  assert re.search(r"task 'altup_super_glue_boolq_v102' needs the TFDS dataset super_glue/boolq "
+                   r'version 1\.0\.2, which is not prepared in the TFDS data dir \(looked for '
+                   + re.escape(str(tmp_path / 'tfds')), err[0]), err[0]
+
+
+def test_corrupt_checkpoint_names_the_file_and_the_previous_intact_step(trained, tmp_path,
+                                                                         no_compile):
+  import shutil
+  from altup_t5x import eval as eval_lib
+  model_dir = tmp_path / 'copy'
+  shutil.copytree(trained[0], model_dir)
+  ckdir = model_dir / 'checkpoints'
+  bad = ckdir / '7' / 'default' / '_METADATA'
+  bad.write_bytes(np.random.RandomState(0).bytes(bad.stat().st_size))
+  before = sorted(str(p) for p in model_dir.rglob('*'))
+  match = (rf'checkpoint {ckdir}/7 is unreadable or corrupt: {bad} \(.*\)\. Nothing was deleted; '
+           rf'the previous intact checkpoint is step 6 \({ckdir}/6\)')
+  with pytest.raises(cli.RunnerError, match=match):
+    _train(model_dir, 9)  # resuming
+  _configure('gin/runner/eval.gin', [f'CHECKPOINT_PATH = {str(model_dir)!r}',
+                                      f'EVAL_OUTPUT_DIR = {str(tmp_path / "eval")!r}'])
+  with pytest.raises(cli.RunnerError, match=match):
+    cli.call_configured(eval_lib.evaluate, 'eval')
+  assert sorted(str(p) for p in model_dir.rglob('*')) == before  # nothing deleted or added
+
+
+def test_stderr_filter_drops_only_the_no_cuda_noise(capfd):
+  with cli._filtered_stderr(cli._NO_CUDA_NOISE):  # pylint: disable=protected-access
+    os.write(2, b'WARNING: All log messages before absl::InitializeLog() is called are written '
+                b'to STDERR\nI0000 00:00:1.0 1 cudart_stub.cc:31] Could not find cuda drivers on '
+                b'your machine, GPU will not be used.\nE0000 1 cuda_platform.cc:52] failed call '
+                b'to cuInit: INTERNAL: CUDA error\nE0000 1 other.cc:1] a real error\n')
+  assert capfd.readouterr().err == 'E0000 1 other.cc:1] a real error\n'
+
+
+@pytest.mark.skipif(cli.cuda_driver_present(), reason='the noise is dropped only without CUDA')
+def test_entry_points_import_tensorflow_without_cuda_noise():
+  env = {k: v for k, v in os.environ.items()
+         if k not in ('TF_CPP_MIN_LOG_LEVEL', 'CUDA_VISIBLE_DEVICES', 'JAX_PLATFORMS')}
+  code = ('from altup_t5x import cli; cli.import_tensorflow_quietly(); import tensorflow as tf; '
+          'import jax; print(int(tf.constant(1) + 1), jax.default_backend())')
+  proc = subprocess.run([PY, '-c', code], cwd=REPO, env=env, capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == 0 and proc.stdout.split() == ['2', 'cpu'], proc.stderr
+  assert not re.search(r'cuda|cuInit|InitializeLog', proc.stderr, re.I), proc.stderr
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):

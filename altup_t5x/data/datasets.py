@@ -23,6 +23,12 @@ class DatasetConfig:
   pack: bool = True
   module: Optional[str] = 'altup_t5x.data.tasks'  # imported to register the tasks
 
+  def __post_init__(self):
+    if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or \
+        self.batch_size < 1:
+      raise RunnerError(f'BATCH_SIZE={self.batch_size!r} must be a positive integer '
+                        f'(dataset {self.mixture_or_task_name!r}, split {self.split!r}).')
+
 
 def get_task(cfg: DatasetConfig):
   """The seqio task or mixture, or one clear error listing the registered names."""
@@ -35,6 +41,31 @@ def get_task(cfg: DatasetConfig):
     names = sorted(set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names()))
     raise RunnerError(f'MIXTURE_OR_TASK_NAME={cfg.mixture_or_task_name!r} is not a registered '
                       f'seqio task or mixture; registered: {", ".join(names) or "(none)"}.') from e
+
+
+def check_data_prepared(cfg: DatasetConfig, task) -> None:
+  """Every TFDS dataset the split reads is prepared, else one error naming dataset, version and
+  the TFDS data dir (seqio's own error is `KeyError: ... splits is empty`, at the first read)."""
+  import seqio  # pylint: disable=g-import-not-at-top
+  for sub in leaf_tasks(task):
+    source = getattr(sub, 'source', None)
+    if not isinstance(source, seqio.TfdsDataSource) or cfg.split not in sub.splits:
+      continue
+    loader = source.tfds_dataset
+    try:
+      builder = loader.builder
+      prepared = bool(builder.info.splits)
+      where = builder.data_dir
+    except Exception as e:  # pylint: disable=broad-except  (no builder: name or version unknown)
+      raise RunnerError(f'task {sub.name!r} reads the TFDS dataset {loader.name!r}, which TFDS '
+                        f'cannot load: {type(e).__name__}: {e}') from e
+    if not prepared:
+      name, _, version = (loader.resolved_tfds_name() or loader.name).partition(':')
+      raise RunnerError(
+          f'task {sub.name!r} needs the TFDS dataset {name} version {version or "(any)"}, which '
+          f'is not prepared in the TFDS data dir (looked for {where}). Prepare it with '
+          f'`tfds build {name}:{version}` (same data dir), or point TFDS_DATA_DIR (or the task '
+          f'source\'s data_dir) at a directory that has it.')
 
 
 def check_feature_lengths(cfg: DatasetConfig, task) -> None:

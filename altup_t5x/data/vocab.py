@@ -7,6 +7,8 @@ nothing; the model file is produced when seqio first loads the model.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import io
 import os
 import tempfile
@@ -36,8 +38,7 @@ def default_model_path(vocab_size: int = DEFAULT_VOCAB_SIZE) -> str:
 def _atomic_write(path: str, data: bytes) -> None:
   """Write via a temp file in the same directory + os.replace (atomic on POSIX).
 
-  Two processes racing both train the same deterministic model and the last
-  replace wins; readers never see a partial file.
+  Readers never see a partial file (writers are serialised by `ensure_default_model`'s lock).
   """
   os.makedirs(os.path.dirname(path), exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".model")
@@ -80,12 +81,28 @@ def train_sentencepiece(texts, vocab_size: int, num_threads: int = 2) -> bytes:
   return model.getvalue()
 
 
+@contextlib.contextmanager
+def _file_lock(path: str):
+  """An exclusive lock on `path + ".lock"` across processes (fcntl; released on exit or crash)."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path + ".lock", "a") as f:
+    fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
 def ensure_default_model(vocab_size: int = DEFAULT_VOCAB_SIZE, path: Optional[str] = None) -> str:
-  """Returns the cached model path, training it on the corpus train split if missing."""
+  """Returns the cached model path, training it on the corpus train split if missing.
+
+  Concurrent first uses (threads or processes, e.g. two runs started at once) train it once:
+  the first takes a file lock next to the model, the others wait for it and find the file.
+  """
   path = path or default_model_path(vocab_size)
   if os.path.exists(path):
     return path
-  with _train_lock:
+  with _train_lock, _file_lock(path):
     if not os.path.exists(path):
       _atomic_write(path, train_sentencepiece(corpus.texts("train"), vocab_size))
   return path
