@@ -1,7 +1,7 @@
 """Checkpoint conversion: upcycled logits equal the dense logits, runner <-> T5X round trips exactly,
 refused variants say why, and an existing output directory is never touched.
 
-The T5X side is checked against checkpoints that real T5X wrote (tests/testdata/t5x_tiny_dense/,
+The T5X side is checked against checkpoints that real T5X wrote (tests/testdata/t5x_tiny_dense*/,
 see tests/testdata/README.md), so these tests run without T5X installed.
 """
 import os
@@ -19,7 +19,8 @@ from altup_t5x.config import AltUpConfig
 from altup_t5x.network import Transformer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TESTDATA = os.path.join(REPO, 'tests', 'testdata', 't5x_tiny_dense')
+TESTDATA = os.path.join(REPO, 'tests', 'testdata', 't5x_tiny_dense')  # T5X HEAD's Orbax format
+LEGACY = os.path.join(REPO, 'tests', 'testdata', 't5x_tiny_dense_legacy')  # the public ckpts' format
 # configs/smoke/tiny_baseline_pretrain.gin: T5X's tiny size with the embedded vocabulary.
 T5X_TINY = dict(vocab_size=1152, emb_dim=8, num_heads=4, head_dim=3, mlp_dim=16,
                 num_encoder_layers=2, num_decoder_layers=2, dropout_rate=0.0)
@@ -59,8 +60,9 @@ def batch(vocab, seed=0):
 def logits(cfg, source):
   params = flax.traverse_util.unflatten_dict({p: source.read(p) for p in source.shapes})
   enc, dec, tgt = batch(cfg.vocab_size)
-  return np.asarray(Transformer(cfg).apply({'params': params}, enc, dec, tgt,
-                                           enable_dropout=False))
+  run = jax.jit(lambda p: Transformer(cfg).apply({'params': p}, enc, dec, tgt,
+                                                 enable_dropout=False))
+  return np.asarray(run(params))
 
 
 @pytest.fixture(scope='module')
@@ -78,10 +80,8 @@ def runner_dense(tmp_path_factory):
   return cfg, str(model_dir)
 
 
-def t5x_dense():
-  if not os.path.isdir(TESTDATA):
-    pytest.skip(f'{TESTDATA} missing')
-  return AltUpConfig(**T5X_TINY), convert.open_t5x(TESTDATA)
+def t5x_dense(path=TESTDATA):
+  return AltUpConfig(**T5X_TINY), convert.open_t5x(path)
 
 
 def test_reads_the_checkpoint_t5x_wrote():
@@ -90,6 +90,18 @@ def test_reads_the_checkpoint_t5x_wrote():
   assert source.shapes == {p: s.shape for p, s in upcycle.param_shapes(cfg).items()}
   out = logits(cfg, source)
   assert np.all(np.isfinite(out)) and out.shape == (2, 6, 1152)
+
+
+def test_reads_the_legacy_format_t5x_wrote(tmp_path):
+  cfg, source = t5x_dense(LEGACY)
+  assert isinstance(source, convert.T5XLegacySource) and source.step == 20
+  assert source.shapes == {p: s.shape for p, s in upcycle.param_shapes(cfg).items()}
+  target = cfg.replace(altup_k=2, altup_embedding='recycled')
+  result = convert.open_t5x(convert.upcycle(source, target, str(tmp_path / 'out')))
+  np.testing.assert_allclose(logits(target, result), logits(cfg, source), rtol=1e-5, atol=1e-5)
+  back = convert.open_runner(convert.convert(source, str(tmp_path / 'runner'), 'runner'))
+  for path in source.shapes:
+    np.testing.assert_array_equal(source.read(path), back.read(path))
 
 
 @pytest.mark.parametrize('variant', sorted(SUPPORTED))
