@@ -47,6 +47,7 @@ setuptools.setup(
             "altup-train=altup_t5x.train:console_main",
             "altup-eval=altup_t5x.eval:console_main",
             "altup-infer=altup_t5x.infer:console_main",
+            "altup-convert=altup_t5x.convert:console_main",
         ]
     },
 )

@@ -1,7 +1,7 @@
 """Checkpoint conversion: upcycled logits equal the dense logits, runner <-> T5X round trips exactly,
 refused variants say why, and an existing output directory is never touched.
 
-The T5X side is checked against checkpoints that real T5X wrote (tests/testdata/t5x_tiny_dense/,
+The T5X side is checked against checkpoints that real T5X wrote (tests/testdata/t5x_tiny_dense*/,
 see tests/testdata/README.md), so these tests run without T5X installed.
 """
 import os
@@ -19,7 +19,8 @@ from altup_t5x.config import AltUpConfig
 from altup_t5x.network import Transformer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TESTDATA = os.path.join(REPO, 'tests', 'testdata', 't5x_tiny_dense')
+TESTDATA = os.path.join(REPO, 'tests', 'testdata', 't5x_tiny_dense')  # T5X HEAD's Orbax format
+LEGACY = os.path.join(REPO, 'tests', 'testdata', 't5x_tiny_dense_legacy')  # the public ckpts' format
 # configs/smoke/tiny_baseline_pretrain.gin: T5X's tiny size with the embedded vocabulary.
 T5X_TINY = dict(vocab_size=1152, emb_dim=8, num_heads=4, head_dim=3, mlp_dim=16,
                 num_encoder_layers=2, num_decoder_layers=2, dropout_rate=0.0)
@@ -56,11 +57,19 @@ def batch(vocab, seed=0):
   return enc, dec, tgt
 
 
+_DENSE_LOGITS = {}
+
+
 def logits(cfg, source):
+  key = (cfg, source.path)
+  if key in _DENSE_LOGITS:
+    return _DENSE_LOGITS[key]
   params = flax.traverse_util.unflatten_dict({p: source.read(p) for p in source.shapes})
   enc, dec, tgt = batch(cfg.vocab_size)
-  return np.asarray(Transformer(cfg).apply({'params': params}, enc, dec, tgt,
-                                           enable_dropout=False))
+  run = jax.jit(lambda p: Transformer(cfg).apply({'params': p}, enc, dec, tgt,
+                                                 enable_dropout=False))
+  out = _DENSE_LOGITS[key] = np.asarray(run(params))
+  return out
 
 
 @pytest.fixture(scope='module')
@@ -78,10 +87,8 @@ def runner_dense(tmp_path_factory):
   return cfg, str(model_dir)
 
 
-def t5x_dense():
-  if not os.path.isdir(TESTDATA):
-    pytest.skip(f'{TESTDATA} missing')
-  return AltUpConfig(**T5X_TINY), convert.open_t5x(TESTDATA)
+def t5x_dense(path=TESTDATA):
+  return AltUpConfig(**T5X_TINY), convert.open_t5x(path)
 
 
 def test_reads_the_checkpoint_t5x_wrote():
@@ -92,7 +99,25 @@ def test_reads_the_checkpoint_t5x_wrote():
   assert np.all(np.isfinite(out)) and out.shape == (2, 6, 1152)
 
 
-@pytest.mark.parametrize('variant', sorted(SUPPORTED))
+def test_reads_the_legacy_format_t5x_wrote(tmp_path):
+  cfg, source = t5x_dense(LEGACY)
+  assert isinstance(source, convert.T5XLegacySource) and source.step == 20
+  assert source.shapes == {p: s.shape for p, s in upcycle.param_shapes(cfg).items()}
+  target = cfg.replace(altup_k=2, altup_embedding='recycled')
+  result = convert.open_t5x(convert.upcycle(source, target, str(tmp_path / 'out')))
+  np.testing.assert_allclose(logits(target, result), logits(cfg, source), rtol=1e-5, atol=1e-5)
+  back = convert.open_runner(convert.convert(source, str(tmp_path / 'runner'), 'runner'))
+  for path in source.shapes:
+    np.testing.assert_array_equal(source.read(path), back.read(path))
+
+
+# Under a minute in all; the two variants whose code path test_extensions.py also covers (through
+# upcycle.upcycle_params) run with the slow tests.
+T5X_VARIANTS = [pytest.param(v, marks=pytest.mark.slow) if v in ('projection_k2', 'same_block_k2')
+                else v for v in sorted(SUPPORTED)]
+
+
+@pytest.mark.parametrize('variant', T5X_VARIANTS)
 def test_upcycled_t5x_checkpoint_gives_the_dense_logits(variant, tmp_path):
   cfg, source = t5x_dense()
   target = cfg.replace(**SUPPORTED[variant])
@@ -215,3 +240,29 @@ def test_command_line(runner_dense, tmp_path):
   again = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
   assert again.returncode == 2 and 'already exists' in again.stderr
   assert 'Traceback' not in again.stderr
+
+
+@pytest.mark.t5x
+def test_restore_gin_gives_t5x_a_fallback_that_changes_nothing():
+  """gin/t5x_restore_missing_from_scratch.gin as T5X reads it (end to end: README)."""
+  pytest.importorskip('t5x.utils', reason='T5X is not installed (it is not on PyPI; see README)')
+  import gin
+  from t5x import utils as t5x_utils
+  gin.clear_config()
+  try:
+    gin.parse_config_file(os.path.join(REPO, 'gin', 't5x_restore_missing_from_scratch.gin'))
+    cfg = gin.get_configurable(t5x_utils.RestoreCheckpointConfig)(path='/x', mode='specific')
+  finally:
+    gin.clear_config()
+  assert cfg.fallback_to_scratch and cfg.state_transformation_fns
+  # T5X's check passes and builds the fallback; the transformation keeps every entry as it is.
+  fallback = t5x_utils.get_fallback_state(cfg, lambda rng: {'target': {'a': 1}}, np.zeros(2))
+  assert fallback == {'target': {'a': 1}}
+  ckpt = {'target': {'w': np.arange(3.0)}, 'state': {'step': np.int32(20)}}
+  model = {'target': {'w': 0, 'altup_0': {'predict': 0}}, 'state': {'step': 0}}
+  out = ckpt
+  for fn in cfg.state_transformation_fns:
+    out = fn(out, model)
+  assert set(out) == {'target', 'state'} and out['state']['step'] == 20
+  np.testing.assert_array_equal(out['target']['w'], np.arange(3.0))
+  assert 'altup_0' not in out['target']

@@ -59,8 +59,8 @@ def test_upcycled_checkpoint_keeps_logits_and_trains_on(tmp_path):
   dense_dir = tmp_path / 'dense'
   train(dense_dir, 20, [])
   out = tmp_path / 'recycled'
-  cmd = [sys.executable, os.path.join(REPO, 'scripts', 'upcycle.py'),
-         f'--dense_checkpoint={dense_dir}', f'--output_dir={out}', f'--gin_search_paths={REPO}',
+  cmd = [sys.executable, '-m', 'altup_t5x.convert', 'upcycle', '--format=runner',
+         f'--input={dense_dir}', f'--output={out}', f'--gin_search_paths={REPO}',
          '--gin_file=gin/t5_1_1/tiny.gin', '--gin_file=gin/altup/recycled_k2.gin',
          '--gin.NUM_EMBEDDINGS=1152'] + [f'--gin.{b.replace(" ", "")}' for b in SMALL[:4]]
   proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
@@ -68,7 +68,7 @@ def test_upcycled_checkpoint_keeps_logits_and_trains_on(tmp_path):
   assert 'upcycled' in proc.stdout
   # Refuses to overwrite.
   again = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
-  assert again.returncode != 0 and 'refusing to overwrite' in again.stderr
+  assert again.returncode != 0 and 'already exists' in again.stderr
 
   sizes = dict(vocab_size=1152, emb_dim=64, num_heads=2, head_dim=32, mlp_dim=128,
                num_encoder_layers=2, num_decoder_layers=2, dropout_rate=0.0)
