@@ -6,6 +6,30 @@ parameter tree of an AltUp model is the baseline tree plus, per layer, `altup_{i
 and `altup_{i}/correct` [K] (and a K*d-wide embedding for the wide variant).
 
 Activations: [b, l, d] inside a layer; [b, l, k, d] between AltUp layers.
+
+Scaling options, as T5X's `t5x/examples/scalable_t5` (AltUpConfig.scan_layers, param_scan_axis,
+remat_policy, one_hot_embedding):
+
+- scan_layers: each stack runs as one `scan_with_axes` over groups of P = `cfg.layer_period()`
+  consecutive layers (P = lcm of K under alternating selection, moe_every when MoE is on, and the
+  Sequence-AltUp stride in the encoder; P = 1 for the plain T5.1.1 network). Layer i and layer i+P
+  are built alike, so the scanned body is exactly P unrolled layers with local indices 0..P-1: the
+  same code path as the unrolled stack (`encoder_layers` / `decoder_layers`), with every static
+  per-layer choice (active block, MoE or dense MLP, Sequence-AltUp offset and anchor shapes) still a
+  Python constant. The alternative, the block index as a scan input selected dynamically, would
+  need dynamic slices and one-hot corrections in the AltUp step, cannot express MoE-every-n (the
+  two layer kinds have different parameters) nor Sequence-AltUp (anchor counts change with the
+  offset), and would make the scanned network differ from the unrolled one. The cost is a body of
+  P layers (2 for the paper's K=2), still a constant compile size independent of depth.
+  Parameters: `<stack>/layers/{layers_j, altup_j, sequence_altup_j}` with the 'layers' axis (size
+  num_layers / P) inserted at `param_scan_axis`; unrolled layer i is group member j = i mod P at
+  scan index i // P (`altup_t5x.scan_convert` restacks checkpoints both ways). Decoding caches and
+  sown MoE metrics are stacked at axis 0 (T5X's models read `Transformer.scan_layers` and then
+  expect the cache's batch axis at 1). The relative position bias stays one table per stack,
+  computed outside the scan and broadcast into it.
+- remat_policy: each T5.1.1 layer (not the cheap AltUp predict/correct around it) is wrapped in
+  `flax.linen.partitioning.remat` with prevent_cse = not scan_layers, as scalable_t5.
+- one_hot_embedding: `layers.Embed(one_hot=True)`.
 """
 from typing import Optional
 
