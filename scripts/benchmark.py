@@ -58,7 +58,10 @@ def main(argv=None):
   from altup_t5x.benchmarks import t5x_compare  # pylint: disable=g-import-not-at-top
   t5x_python = None
   if args.command == 'all' and (args.t5x_python or os.environ.get(t5x_compare.T5X_PYTHON_ENV)):
-    t5x_python = t5x_compare.t5x_python(args.t5x_python)  # validated before any compile
+    try:  # validated before any compile
+      t5x_python = t5x_compare.t5x_python(args.t5x_python)
+    except t5x_compare.T5XPythonError as e:
+      sys.exit(f'ERROR: {e}')
   os.makedirs(args.out, exist_ok=True)
   from altup_t5x.benchmarks import common  # pylint: disable=g-import-not-at-top
   t0 = time.perf_counter()
