@@ -1,0 +1,345 @@
+"""Fidelity study: do the paper's AltUp claims reproduce here, beyond seed noise and learning rate?
+
+Every training run is one (scale, variant, schedule, peak learning rate, seed, steps) and caches its
+eval curve in `<out>/fidelity/runs/<name>.json` as soon as it finishes: the study runs in pieces,
+a run already present is never repeated, and the report (`report.fidelity_section`) is rebuilt from
+whatever runs exist, marking the rest "not yet run".
+
+Plan, in priority order (`plan()`):
+  1. `sweep`: peak learning rates LRS (10x span, same schedule shape) for every variant of claims
+     (a)-(c), seed 0, SWEEP_STEPS steps;
+  2. `a`: baseline and AltUp K=2 at full steps, 3 seeds, each at its own best LR and the baseline's;
+  3. `ablation`: the quickstart-vs-quality-benchmark gap (schedule x width x steps, 2 seeds);
+  4. `b`, `c`: Recycled K=2, K=4 (3 seeds), then `d`, `g` (2 seeds), then `e`, `f` (2 seeds).
+
+Data: packed span-corruption examples of the embedded corpus (train split, a fixed pool cycled with
+a per-seed, per-epoch order); eval loss on the held-out validation split, which no run trains on.
+Seeds set the parameter init and the data order; every variant of one seed sees the same batches.
+"""
+import glob
+import json
+import math
+import os
+import time
+from typing import Dict, List, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from altup_t5x import optimizers
+from altup_t5x.benchmarks.common import (ALL_VARIANTS, count_params, cross_entropy, init_params,
+                                         make_config_from, make_train_step, write_csv)
+from altup_t5x.config import AltUpConfig
+from altup_t5x.network import Transformer
+
+# Model and run shapes. 'study' is the scale of the claims; 'quickstart' and 'quality' reproduce
+# the two earlier comparisons for the gap ablation; 'quick' is a smoke test (numbers meaningless).
+SCALES = {
+    'study': dict(model=dict(emb_dim=128, num_heads=4, head_dim=32, mlp_dim=256,
+                             num_encoder_layers=4, num_decoder_layers=4),
+                  batch=32, inputs=128, targets=32, eval_examples=256, eval_every=100),
+    'study_long': dict(model=dict(emb_dim=128, num_heads=4, head_dim=32, mlp_dim=256,
+                                  num_encoder_layers=4, num_decoder_layers=4),
+                       batch=16, inputs=512, targets=32, eval_examples=128, eval_every=100),
+    'quickstart': dict(model=dict(emb_dim=128, num_heads=4, head_dim=32, mlp_dim=256,
+                                  num_encoder_layers=2, num_decoder_layers=2),
+                       batch=16, inputs=64, targets=16, eval_examples=64, eval_every=25),
+    'quality': dict(model=dict(emb_dim=64, num_heads=4, head_dim=16, mlp_dim=128,
+                               num_encoder_layers=2, num_decoder_layers=2),
+                    batch=16, inputs=128, targets=32, eval_examples=128, eval_every=25),
+    'quick': dict(model=dict(emb_dim=16, num_heads=2, head_dim=8, mlp_dim=32,
+                             num_encoder_layers=1, num_decoder_layers=1),
+                  batch=4, inputs=32, targets=8, eval_examples=8, eval_every=4),
+}
+VOCAB_SIZE = 1100
+FULL_STEPS = 1500
+SWEEP_STEPS = 300
+LRS = (0.01, 0.03, 0.1)   # peak learning rates: 10x span
+WARMUP = 100              # T5X's schedule shape: constant peak for WARMUP steps, then rsqrt decay
+DEFAULT_LR = 0.03         # used while the sweep has not decided
+TRAIN_POOL = 16384        # packed training examples generated once and cycled
+SWEEP_VARIANTS = ('baseline', 'altup_k2', 'recycled_k2', 'altup_k4')
+
+# claim id: (paper statement, variant, reference, seeds, scale, extra check)
+CLAIMS = {
+    'a': ('AltUp K=2 (wide) improves on the same-size baseline', 'altup_k2', 'baseline', 3, 'study'),
+    'b': ('Recycled-AltUp K=2 keeps most of (a)\'s gain at almost no extra cost', 'recycled_k2',
+          'baseline', 3, 'study'),
+    'c': ('the gain grows with K (K=4 better than K=2)', 'altup_k4', 'altup_k2', 3, 'study'),
+    'd': ('alternating block selection beats same-block selection', 'altup_k2', 'altup_k2_same', 2,
+          'study'),
+    'e': ('Sequence-AltUp beats stride-and-skip at equal FLOPs', 'seq_altup_s2', 'seq_skip_s2', 2,
+          'study_long'),
+    'f': ('AltUp + MoE improves on MoE alone', 'altup_k2_moe', 'moe', 2, 'study'),
+    'g1': ('(beyond the paper) dynamic coefficients vs static AltUp', 'altup_k2_dynamic', 'altup_k2',
+           2, 'study'),
+    'g2': ('(beyond the paper) layer reads the predicted block vs the raw block', 'altup_k2_predicted',
+           'altup_k2', 2, 'study'),
+    'g3': ('(reference) dense 2x-wide model vs AltUp K=2', 'dense_2d', 'altup_k2', 2, 'study'),
+}
+
+# The quickstart-vs-quality gap: (label, scale, schedule, peak lr, steps). 'rsqrt' is the schedule
+# shape above; 'constant' is the quality benchmark's flat learning rate.
+ABLATION = [
+    ('quickstart as run (d=128, peak 0.1 rsqrt, 150 steps)', 'quickstart', 'rsqrt', 0.1, 150),
+    ('quickstart, quality benchmark\'s LR (constant 0.01)', 'quickstart', 'constant', 0.01, 150),
+    ('quickstart, peak 0.03 rsqrt', 'quickstart', 'rsqrt', 0.03, 150),
+    ('quickstart, peak 0.01 rsqrt', 'quickstart', 'rsqrt', 0.01, 150),
+    ('quality benchmark as run (d=64, constant 0.01, 200 steps)', 'quality', 'constant', 0.01, 200),
+    ('quality benchmark, quickstart\'s LR (peak 0.1 rsqrt)', 'quality', 'rsqrt', 0.1, 200),
+]
+ABLATION_SEEDS = 2
+
+
+def run_name(scale, variant, schedule, lr, seed, steps):
+  return f'{scale}-{variant}-{schedule}{lr:g}-s{seed}-n{steps}'
+
+
+def spec(scale, variant, schedule, lr, seed, steps, part):
+  return dict(scale=scale, variant=variant, schedule=schedule, lr=float(lr), seed=int(seed),
+              steps=int(steps), part=part,
+              name=run_name(scale, variant, schedule, lr, seed, steps))
+
+
+def runs_dir(out):
+  return os.path.join(out, 'fidelity', 'runs')
+
+
+def load_runs(out) -> Dict[str, dict]:
+  runs = {}
+  for path in sorted(glob.glob(os.path.join(runs_dir(out), '*.json'))):
+    with open(path) as f:
+      r = json.load(f)
+    runs[r['name']] = r
+  return runs
+
+
+def best_lr(runs, variant, scale='study') -> Optional[float]:
+  """The sweep's best peak LR for a variant (lowest final eval loss), None until all LRs ran."""
+  finals = {}
+  for lr in LRS:
+    r = runs.get(run_name(scale, variant, 'rsqrt', lr, 0, SWEEP_STEPS))
+    if r is None:
+      return None
+    finals[lr] = r['eval'][-1][2]
+  return min(finals, key=finals.get)
+
+
+def claim_runs(runs, cid, quick=False) -> List[dict]:
+  """The runs of one claim: per seed, the reference at the baseline's best LR and the variant at
+  the baseline's best LR and (if swept) its own best."""
+  full = 24 if quick else FULL_STEPS
+  scale_of = lambda s: 'quick' if quick else s
+  lr_of = lambda v: (None if quick else best_lr(runs, v))
+  base_lr = lr_of('baseline') or DEFAULT_LR
+  _, v, ref, n_seeds, scale = CLAIMS[cid]
+  lrs = {base_lr}
+  if v in SWEEP_VARIANTS:
+    lrs.add(lr_of(v) or base_lr)
+  rs = []
+  for seed in range(n_seeds):
+    rs.append(spec(scale_of(scale), ref, 'rsqrt', base_lr, seed, full, cid))
+    for lr in sorted(lrs):
+      rs.append(spec(scale_of(scale), v, 'rsqrt', lr, seed, full, cid))
+  return rs
+
+
+def plan(runs, quick=False) -> List[dict]:
+  """Every run of the study in priority order (present ones included; the runner skips them)."""
+  sweep = 12 if quick else SWEEP_STEPS
+  scale_of = lambda s: 'quick' if quick else s
+  out = []
+  for v in SWEEP_VARIANTS:
+    for lr in LRS:
+      out.append(spec(scale_of('study'), v, 'rsqrt', lr, 0, sweep, 'sweep'))
+  claim = lambda cid: claim_runs(runs, cid, quick)
+  out += claim('a')
+  for seed in range(ABLATION_SEEDS):  # every setting's seed 0 first: a first answer sooner
+    for label, scale, schedule, lr, steps in ABLATION:
+      for v in ('baseline', 'altup_k2'):
+        out.append(spec(scale_of(scale), v, schedule, lr, seed, steps if not quick else 12,
+                        'ablation'))
+  for cid in ('b', 'c', 'd', 'g1', 'g2', 'g3', 'e', 'f'):
+    out += claim(cid)
+  seen, unique = set(), []
+  for s in out:
+    if s['name'] not in seen:
+      seen.add(s['name'])
+      unique.append(s)
+  return unique
+
+
+# ------------------------------------------------------------------------------------------------
+# Training one run.
+
+def _schedule(schedule, lr):
+  if schedule == 'constant':
+    return lr
+  # T5X's 'constant * rsqrt_decay': base / sqrt(max(step, warmup)); peak = base / sqrt(warmup).
+  return optimizers.learning_rate_schedule('constant * rsqrt_decay',
+                                           base_learning_rate=lr * math.sqrt(WARMUP),
+                                           warmup_steps=WARMUP)
+
+
+_DATA = {}
+
+
+def _data(scale_name, out):
+  if scale_name not in _DATA:
+    from altup_t5x.benchmarks.quality import load_corpus_batches  # pylint: disable=g-import-not-at-top
+    sc = SCALES[scale_name]
+    pool = 64 if scale_name == 'quick' else TRAIN_POOL
+    _DATA[scale_name] = load_corpus_batches(sc, pool, out)
+  return _DATA[scale_name]
+
+
+def train_run(s, out, log=print) -> dict:
+  """Trains one run (from scratch) and returns its record; the caller caches it."""
+  sc = SCALES[s['scale']]
+  train, evals = _data(s['scale'], out)
+  cfg = make_config_from(AltUpConfig(vocab_size=VOCAB_SIZE, dropout_rate=0.0, **sc['model']),
+                         s['variant'])
+  module = Transformer(config=cfg)
+  optimizer = optimizers.adafactor(_schedule(s['schedule'], s['lr']))
+  train_step = jax.jit(make_train_step(module, optimizer), donate_argnums=(0, 1))
+
+  def eval_sums(params, batch):
+    logits = module.apply({'params': params}, batch['encoder_input_tokens'],
+                          batch['decoder_input_tokens'], batch['decoder_target_tokens'],
+                          encoder_segment_ids=batch['encoder_segment_ids'],
+                          decoder_segment_ids=batch['decoder_segment_ids'],
+                          encoder_positions=batch['encoder_positions'],
+                          decoder_positions=batch['decoder_positions'], enable_dropout=False)
+    w = batch['decoder_loss_weights'].astype(jnp.float32)
+    return cross_entropy(logits, batch['decoder_target_tokens'], w) * jnp.sum(w), jnp.sum(w)
+
+  eval_sums = jax.jit(eval_sums)
+  b = sc['batch']
+  n = len(train['encoder_input_tokens'])
+  rs = np.random.RandomState(s['seed'])
+  order = np.concatenate([rs.permutation(n) for _ in range(-(-s['steps'] * b // n))])
+  batch_at = lambda step: {k: jnp.asarray(v[order[step * b:(step + 1) * b]])
+                           for k, v in train.items()}
+  eval_batches = [{k: jnp.asarray(v[i:i + b]) for k, v in evals.items()}
+                  for i in range(0, len(evals['encoder_input_tokens']) - b + 1, b)]
+
+  def evaluate(params):
+    tot, cnt = 0.0, 0.0
+    for eb in eval_batches:
+      a, c = eval_sums(params, eb)
+      tot, cnt = tot + float(a), cnt + float(c)
+    return tot / cnt
+
+  params = init_params(module, jax.random.PRNGKey(s['seed']), batch_at(0))
+  opt_state = optimizer.init(params)
+  rng = jax.random.PRNGKey(1000 + s['seed'])
+  t_compile = time.perf_counter()
+  copy = lambda t: jax.tree_util.tree_map(jnp.copy, t)
+  jax.block_until_ready(train_step(copy(params), copy(opt_state), batch_at(0), rng))
+  evaluate(params)
+  compile_s = time.perf_counter() - t_compile
+  seconds, train_curve, eval_curve = 0.0, [], [(0, 0.0, evaluate(params))]
+  t_wall = time.perf_counter()
+  for step in range(s['steps']):
+    t0 = time.perf_counter()
+    params, opt_state, loss, rng = train_step(params, opt_state, batch_at(step), rng)
+    loss = float(loss)
+    seconds += time.perf_counter() - t0
+    train_curve.append((step + 1, seconds, loss))
+    if (step + 1) % sc['eval_every'] == 0 or step + 1 == s['steps']:
+      eval_curve.append((step + 1, seconds, evaluate(params)))
+      log(f'    {s["name"]}: step {step + 1}/{s["steps"]} eval {eval_curve[-1][2]:.4f} '
+          f'({seconds / (step + 1) * 1e3:.0f} ms/step)')
+  if not all(math.isfinite(e[2]) for e in eval_curve):
+    log(f'    {s["name"]}: diverged (non-finite eval loss)')
+  return dict(s, params=count_params(params), compile_s=compile_s, train_seconds=seconds,
+              wall_seconds=time.perf_counter() - t_wall, eval=eval_curve,
+              train=train_curve[::max(1, s['steps'] // 100)], backend=jax.default_backend(),
+              loadavg=os.getloadavg()[0], date=time.strftime('%Y-%m-%d %H:%M'))
+
+
+def run_study(out, parts=None, max_minutes=None, quick=False, log=print) -> List[str]:
+  """Runs the missing runs of the plan (only `parts`, if given) in priority order, caching each."""
+  os.makedirs(runs_dir(out), exist_ok=True)
+  t0 = time.time()
+  done = []
+  while True:
+    runs = load_runs(out)
+    todo = [s for s in plan(runs, quick) if s['name'] not in runs and
+            (not parts or s['part'] in parts)]
+    if not todo:
+      log('fidelity: nothing left to run' + (f' in parts {parts}' if parts else ''))
+      break
+    if max_minutes is not None and time.time() - t0 > 60 * max_minutes:
+      log(f'fidelity: time budget of {max_minutes} min spent; {len(todo)} runs left')
+      break
+    s = todo[0]
+    log(f'fidelity: run {s["name"]} (part {s["part"]}; {len(todo)} left in this selection)')
+    rec = train_run(s, out, log)
+    path = os.path.join(runs_dir(out), s['name'] + '.json')
+    with open(path + '.tmp', 'w') as f:
+      json.dump(rec, f)
+    os.replace(path + '.tmp', path)  # atomic: an interrupted run leaves no half record
+    log(f'fidelity: {s["name"]} done: {rec["train_seconds"]:.0f}s training '
+        f'({1e3 * rec["train_seconds"] / s["steps"]:.0f} ms/step), compile {rec["compile_s"]:.0f}s, '
+        f'final eval {rec["eval"][-1][2]:.4f}')
+    done.append(s['name'])
+    write_outputs(out)
+  return done
+
+
+# ------------------------------------------------------------------------------------------------
+# Outputs: fidelity.csv and plots (the BENCHMARKS.md section is in `report`).
+
+CSV_COLUMNS = ['claim', 'variant', 'seed', 'step', 'eval_loss', 'train_seconds', 'lr', 'schedule',
+               'scale', 'run']
+
+
+def csv_rows(runs) -> List[dict]:
+  rows = []
+  for r in sorted(runs.values(), key=lambda r: (r['part'], r['variant'], r['lr'], r['seed'])):
+    claims = [r['part']]
+    if r['part'] not in ('sweep', 'ablation'):  # a run can serve several claims
+      claims = [c for c, (_, v, ref, _, _) in CLAIMS.items() if r['variant'] in (v, ref)] or claims
+    for claim in claims:
+      for step, sec, loss in r['eval']:
+        rows.append(dict(claim=claim, variant=r['variant'], seed=r['seed'], step=step,
+                         eval_loss=round(loss, 5), train_seconds=round(sec, 2), lr=r['lr'],
+                         schedule=r['schedule'], scale=r['scale'], run=r['name']))
+  return rows
+
+
+def write_outputs(out):
+  runs = load_runs(out)
+  write_csv(os.path.join(out, 'fidelity.csv'), csv_rows(runs), CSV_COLUMNS)
+  try:
+    plot(runs, out)
+  except ImportError:
+    pass
+
+
+def plot(runs, out):
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  groups = {}
+  for r in runs.values():
+    groups.setdefault((r['part'] if r['part'] in ('sweep', 'ablation') else 'claims', r['scale'],
+                       r['steps']), []).append(r)
+  if not groups:
+    return
+  fig, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 4.5), squeeze=False)
+  for ax, (key, rs) in zip(axes[0], sorted(groups.items())):
+    for r in sorted(rs, key=lambda r: r['name']):
+      e = np.array(r['eval'], dtype=float)
+      ax.plot(e[1:, 0], e[1:, 2], label=f'{r["variant"]} {r["schedule"]} {r["lr"]:g} s{r["seed"]}',
+              lw=1)
+    ax.set_title(f'{key[0]}: scale {key[1]}, {key[2]} steps')
+    ax.set_xlabel('step')
+    ax.set_ylabel('validation loss')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6)
+  fig.tight_layout()
+  fig.savefig(os.path.join(out, 'fidelity_curves.png'), dpi=90)
+  plt.close(fig)

@@ -1,0 +1,80 @@
+"""BENCHMARKS.md and the README's results are exactly what the generator makes of the committed data."""
+import os
+import subprocess
+
+import pytest
+
+from altup_t5x.benchmarks import fidelity, report, t5x_compare
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA = os.path.join(ROOT, 'benchmarks')
+
+
+def test_benchmarks_md_is_generated_from_committed_data():
+  path = os.path.join(ROOT, 'BENCHMARKS.md')
+  with open(path) as f:
+    committed = f.read()
+  assert committed == report.render(DATA, path), (
+      'BENCHMARKS.md differs from the generator\'s output: run '
+      '`python scripts/benchmark.py report --out benchmarks/` and commit the result')
+
+
+def test_readme_results_are_generated_from_committed_data():
+  with open(os.path.join(ROOT, 'README.md')) as f:
+    committed = f.read()
+  assert report.README_BEGIN in committed and report.README_END in committed
+  assert committed == report.render_readme(DATA, committed)
+
+
+def test_analysis_template_rejects_unknown_fields():
+  rows = [dict(shape='small', variant='baseline', inputs='4', targets='2', train_ratio='1',
+               train_flop_ratio='1', params='10', optimizer_ms='1', train_ms='2', batch='2')]
+  assert report.fill_template('{speed.small.baseline.train_ms:.1f}', rows, [], {}) == '2.0'
+  with pytest.raises(KeyError, match='speed.small.altup_k9'):
+    report.fill_template('{speed.small.altup_k9.train_ms}', rows, [], {})
+
+
+def test_no_machine_paths_in_tracked_files():
+  files = subprocess.run(['git', 'ls-files'], cwd=ROOT, capture_output=True, text=True,
+                         check=True).stdout.split()
+  bad = ['/' + 'work/', '/' + 'root/']
+  hits = []
+  for name in files:
+    try:
+      with open(os.path.join(ROOT, name), encoding='utf-8') as f:
+        text = f.read()
+    except (UnicodeDecodeError, FileNotFoundError, IsADirectoryError):
+      continue
+    hits += [f'{name}: {b}' for b in bad if b in text]
+  assert not hits, hits
+
+
+def test_t5x_python_is_a_flag_or_env_with_a_clear_error(monkeypatch, tmp_path):
+  monkeypatch.delenv(t5x_compare.T5X_PYTHON_ENV, raising=False)
+  with pytest.raises(t5x_compare.T5XPythonError, match='--t5x-python'):
+    t5x_compare.t5x_python(None)
+  with pytest.raises(t5x_compare.T5XPythonError, match='not an executable'):
+    t5x_compare.t5x_python(str(tmp_path / 'missing'))
+  exe = tmp_path / 'python'
+  exe.write_text('#!/bin/sh\n')
+  exe.chmod(0o755)
+  monkeypatch.setenv(t5x_compare.T5X_PYTHON_ENV, str(exe))
+  assert t5x_compare.t5x_python(None) == str(exe)
+
+
+def test_fidelity_plan_resumes_and_report_marks_missing(tmp_path):
+  """A cached run leaves the plan's todo list; the report shows it and marks the rest."""
+  runs = {}
+  todo = fidelity.plan(runs)
+  assert len({s['name'] for s in todo}) == len(todo)
+  assert [s['part'] for s in todo[:12]] == ['sweep'] * 12
+  first = todo[0]
+  os.makedirs(fidelity.runs_dir(str(tmp_path)))
+  import json  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(fidelity.runs_dir(str(tmp_path)), first['name'] + '.json'), 'w') as f:
+    json.dump(dict(first, eval=[[0, 0.0, 7.0], [300, 30.0, 4.5]], train_seconds=30.0,
+                   compile_s=5.0, loadavg=1.0), f)
+  runs = fidelity.load_runs(str(tmp_path))
+  assert first['name'] in runs
+  text = report.fidelity_section(str(tmp_path), [], '.')
+  assert '**Status: 1 of' in text and '4.5000' in text and 'not yet run' in text
