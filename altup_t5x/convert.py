@@ -14,8 +14,8 @@ Formats
   * T5X, written: what T5X's `OrbaxCheckpointManagerInterface` writes at HEAD, `OUT/checkpoint_<step>/
     state/` (an Orbax PyTree with OCDBT) holding T5X's state dict {'target': params, 'state':
     {'step'}}. `t5x.eval` / `t5x.infer` restore it as CHECKPOINT_PATH=OUT/checkpoint_<step>;
-    `t5x.train` restores it as INITIAL_CHECKPOINT_PATH with gin/t5x/restore_params_only.gin, which
-    initialises the Adafactor state that the checkpoint does not hold.
+    `t5x.train` restores it as INITIAL_CHECKPOINT_PATH with gin/t5x_restore_missing_from_scratch.gin,
+    which initialises the Adafactor state that the checkpoint does not hold.
   * T5X, read: that format, and the legacy one of the public T5.1.1 checkpoints (a msgpack
     `checkpoint` file plus one TensorStore array per parameter). Local paths only (copy gs:// first).
   * Runner: the standalone runner's model dir, `OUT/checkpoints/<step>/`, holding {'step',
