@@ -312,6 +312,7 @@ WRITERS = {'t5x': write_t5x, 'runner': write_runner}
 
 def convert(source: Source, output: str, fmt: str) -> str:
   """Copies parameters and step exactly into `fmt`; the optimizer state is reset."""
+  _prepare_output(output)  # fail before reading anything
   params = {path: source.read(path) for path in sorted(source.shapes)}
   _warn(f'optimizer state is not converted ({source.kind} -> {fmt}): the destination starts a '
         'fresh Adafactor state (README "Upcycling and converting checkpoints").')
