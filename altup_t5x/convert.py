@@ -14,8 +14,8 @@ Formats
   * T5X, written: what T5X's `OrbaxCheckpointManagerInterface` writes at HEAD, `OUT/checkpoint_<step>/
     state/` (an Orbax PyTree with OCDBT) holding T5X's state dict {'target': params, 'state':
     {'step'}}. `t5x.eval` / `t5x.infer` restore it as CHECKPOINT_PATH=OUT/checkpoint_<step>;
-    `t5x.train` restores it as INITIAL_CHECKPOINT_PATH with gin/t5x/restore_params_only.gin, which
-    initialises the Adafactor state that the checkpoint does not hold.
+    `t5x.train` restores it as INITIAL_CHECKPOINT_PATH with gin/t5x_restore_missing_from_scratch.gin,
+    which initialises the Adafactor state that the checkpoint does not hold.
   * T5X, read: that format, and the legacy one of the public T5.1.1 checkpoints (a msgpack
     `checkpoint` file plus one TensorStore array per parameter). Local paths only (copy gs:// first).
   * Runner: the standalone runner's model dir, `OUT/checkpoints/<step>/`, holding {'step',
@@ -312,6 +312,7 @@ WRITERS = {'t5x': write_t5x, 'runner': write_runner}
 
 def convert(source: Source, output: str, fmt: str) -> str:
   """Copies parameters and step exactly into `fmt`; the optimizer state is reset."""
+  _prepare_output(output)  # fail before reading anything
   params = {path: source.read(path) for path in sorted(source.shapes)}
   _warn(f'optimizer state is not converted ({source.kind} -> {fmt}): the destination starts a '
         'fresh Adafactor state (README "Upcycling and converting checkpoints").')

@@ -43,7 +43,8 @@ def check_upcycle(cfg: AltUpConfig) -> None:
                        '`convert runner-to-t5x` / `t5x-to-runner` to change the format only).')
   if cfg.altup_coef_init != 'identity':
     raise UpcycleError("AltUpConfig.altup_coef_init='normal' adds noise to the coefficients, so the "
-                       "model no longer computes the dense function; use 'identity'.")
+                       "model no longer computes the dense function; upcycling needs "
+                       "altup_coef_init='identity'.")
   if cfg.altup_reduction == 'sum':
     raise UpcycleError("AltUpConfig.altup_reduction='sum' gives K times the dense activation to the "
                        "final RMS norm, which differs from the dense output through the norm's "
