@@ -3,8 +3,10 @@
 `DatasetConfig` is T5X's `utils.DatasetConfig` (same fields); `get_dataset` gives batches of model
 features with the seqio `EncDecFeatureConverter`, sharded over hosts.
 """
+import contextlib
 import dataclasses
 import importlib
+import logging
 from typing import Mapping, Optional
 
 from altup_t5x.config import RunnerError
@@ -122,9 +124,31 @@ def get_dataset(cfg: DatasetConfig, *, shard_index: int = 0, num_shards: int = 1
                       f'shards ({num_shards}).')
   if feature_converter is None:
     feature_converter = seqio.EncDecFeatureConverter(pack=cfg.pack)
-  ds = seqio.get_dataset(
-      cfg.mixture_or_task_name, task_feature_lengths=dict(cfg.task_feature_lengths),
-      dataset_split=cfg.split, shuffle=cfg.shuffle, num_epochs=num_epochs,
-      feature_converter=feature_converter, use_cached=cfg.use_cached, seed=cfg.seed,
-      shard_info=seqio.ShardInfo(index=shard_index, num_shards=num_shards))
+  with _without_restart_shuffling_warning():
+    ds = seqio.get_dataset(
+        cfg.mixture_or_task_name, task_feature_lengths=dict(cfg.task_feature_lengths),
+        dataset_split=cfg.split, shuffle=cfg.shuffle, num_epochs=num_epochs,
+        feature_converter=feature_converter, use_cached=cfg.use_cached, seed=cfg.seed,
+        shard_info=seqio.ShardInfo(index=shard_index, num_shards=num_shards))
   return ds.batch(cfg.batch_size // num_shards, drop_remainder=num_epochs is None)
+
+
+class _DropRestartShufflingWarning(logging.Filter):
+  """seqio warns that an uncached FunctionDataSource "results in insufficient shuffling on
+  restarts". The runner's order is a function of the seed and a restart skips the consumed
+  batches (see `get_dataset`), so a restart sees the data an uninterrupted run would: the warning
+  does not apply here."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return 'insufficient shuffling on restarts' not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _without_restart_shuffling_warning():
+  logger = logging.getLogger('absl')
+  drop = _DropRestartShufflingWarning()
+  logger.addFilter(drop)
+  try:
+    yield
+  finally:
+    logger.removeFilter(drop)
