@@ -3,6 +3,7 @@
     nice -n 19 python scripts/scaling_benchmark.py compile --sizes base large xl   # compile time
     nice -n 19 python scripts/scaling_benchmark.py memory --sizes base large       # XLA temporaries
     nice -n 19 python scripts/scaling_benchmark.py step                            # step times, small
+    nice -n 19 python scripts/scaling_benchmark.py sweep --sizes large base           # both first
 
 Each part prints a table and appends its rows to benchmarks/scaling.csv (--csv).
 
@@ -126,6 +127,31 @@ def run_memory(args):
   return rows
 
 
+def run_sweep(args):
+  """compile + memory in one pass per size: unrolled/scanned x remat none/full (then minimal)."""
+  shape = dict(batch=8, inputs=512, targets=114)
+  rows = []
+  for size in args.sizes:
+    for variant in args.variants:
+      res = {}
+      for scan, policy in ((False, 'none'), (True, 'none'), (True, 'full'), (False, 'full'),
+                           (True, 'minimal'), (False, 'minimal'))[:args.cases]:
+        cfg = config(size, variant, scan_layers=scan, remat_policy=policy)
+        r = aot(cfg, **shape)
+        res[scan, policy] = r
+        rows.append(row('sweep', size, variant, cfg, shape, **r))
+        append_csv(args.csv, rows[-1:])
+        none = res.get((scan, 'none'), r)
+        print(f'{size:6s} {variant:9s} scan={scan!s:5s} remat={policy:8s} lower {r["lower_s"]:6.1f}s '
+              f'compile {r["compile_s"]:6.1f}s temp {r["temp_bytes"] / 2**30:7.2f} GiB '
+              f'({r["temp_bytes"] / none["temp_bytes"]:.2f}x of none)', flush=True)
+        if (False, 'none') in res and (True, 'none') in res and scan and policy == 'none':
+          total = lambda x: x['lower_s'] + x['compile_s']
+          print(f'{size:6s} {variant:9s} scanned / unrolled (lower + compile) = '
+                f'{total(res[True, "none"]) / total(res[False, "none"]):.2f}x', flush=True)
+  return rows
+
+
 def run_step(args):
   shape = dict(batch=2, inputs=128, targets=32)
   cases = {
@@ -176,14 +202,16 @@ def run_step(args):
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('part', choices=('compile', 'memory', 'step'))
+  parser.add_argument('part', choices=('compile', 'memory', 'step', 'sweep'))
+  parser.add_argument('--cases', type=int, default=6, help='sweep: how many of its 6 cases')
   parser.add_argument('--sizes', nargs='+', default=['base', 'large', 'xl'])
   parser.add_argument('--variants', nargs='+', default=['baseline'], choices=sorted(VARIANTS))
   parser.add_argument('--rounds', type=int, default=5)
   parser.add_argument('--steps', type=int, default=4)
   parser.add_argument('--csv', default=os.path.join(bm.ROOT, 'benchmarks', 'scaling.csv'))
   args = parser.parse_args(argv)
-  {'compile': run_compile, 'memory': run_memory, 'step': run_step}[args.part](args)
+  {'compile': run_compile, 'memory': run_memory, 'step': run_step, 'sweep': run_sweep}[
+      args.part](args)
 
 
 if __name__ == '__main__':
