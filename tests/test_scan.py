@@ -92,8 +92,9 @@ def test_remat_policies_equal_no_remat(scan):
   for policy in ('minimal', 'full'):
     loss, _, grads = _loss_and_grads(base.replace(remat_policy=policy), params, data)
     np.testing.assert_allclose(float(loss), float(loss0), rtol=1e-6)
+    # Recomputed forward values may round differently: gradients of O(1) agree to 1e-5.
     _assert_trees_close(flax.core.unfreeze(grads), flax.core.unfreeze(grads0), rtol=1e-5,
-                        atol=1e-6)
+                        atol=1e-5)
 
 
 def test_one_hot_embedding_equals_gather():
