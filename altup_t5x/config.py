@@ -6,6 +6,7 @@ for T5X carry over. The AltUp fields are described in the README ("AltUp setting
 the config is built (for gin: when the model is built), long before anything is compiled.
 """
 import dataclasses
+import math
 from typing import Any, Optional, Sequence, Tuple
 
 import jax.numpy as jnp
@@ -20,6 +21,8 @@ SEQUENCE_MODES = ('predict_correct', 'skip')
 MOE_ROUTINGS = ('top_k', 'expert_choice')
 ACTIVATIONS = ('gelu', 'linear', 'relu', 'silu', 'swish', 'tanh')
 DTYPES = ('float32', 'bfloat16', 'float16')
+REMAT_POLICIES = ('none', 'minimal', 'full')
+PARAM_SCAN_AXES = (0, 1)
 
 # T5.1.1 sizes as in T5X's `t5x/examples/t5/t5_1_1/*.gin` (see ALTUP.md section 4); `tiny` is the
 # size T5X uses in its own end-to-end tests.
@@ -34,6 +37,8 @@ SIZES = {
                   head_dim=64, mlp_dim=2816),
     'xl': dict(emb_dim=2048, num_heads=32, num_encoder_layers=24, num_decoder_layers=24,
                head_dim=64, mlp_dim=5120),
+    'xxl': dict(emb_dim=4096, num_heads=64, num_encoder_layers=24, num_decoder_layers=24,
+                head_dim=64, mlp_dim=10240),
 }
 
 
@@ -113,6 +118,21 @@ class AltUpConfig:
     sequence_altup_mode: 'predict_correct' (skipped tokens predicted from themselves and corrected
       with the innovation of their anchor, learned scalars) or 'skip' (stride-and-skip: skipped
       tokens left unchanged, the naive comparison).
+    sequence_altup_max_segments: the most examples a packed encoder row is expected to hold; sets
+      the static anchor capacity of packed rows (floor((l + k (s-1-o)) / s) slots). A row holding
+      more short examples may overflow it: its last anchors are dropped (their windows left
+      unchanged by that layer), as MoE drops tokens over capacity. Unpacked rows never overflow.
+
+  Scaling (as T5X's `t5x/examples/scalable_t5`; see `altup_t5x.network`):
+    scan_layers: run each stack as one `nn.scan` over groups of `layer_period` layers, parameters
+      stacked on a 'layers' logical axis (checkpoints convert with `altup_t5x.scan_convert`).
+    param_scan_axis: where the 'layers' axis is inserted into each stacked parameter (0 or 1;
+      scalable_t5's default is 1).
+    remat_policy: what a layer keeps for the backward pass: 'none' (everything), 'minimal' (matmul
+      outputs without batch dims, `jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims`),
+      'full' (only its inputs: the layer is recomputed).
+    one_hot_embedding: the token lookup as a one-hot matmul (T5X's choice on TPU, where it
+      partitions along the vocab axis) instead of a gather; numerically equal.
 
   Sparse Mixture-of-Experts MLP (see `altup_t5x.moe`):
     moe_num_experts: 0 (dense everywhere) or the number of experts E of the sparse layers.
@@ -149,6 +169,7 @@ class AltUpConfig:
   # Sequence-AltUp.
   sequence_altup_stride: int = 1
   sequence_altup_mode: str = 'predict_correct'
+  sequence_altup_max_segments: int = 8
   # Mixture of experts.
   moe_num_experts: int = 0
   moe_every: int = 2
@@ -157,6 +178,11 @@ class AltUpConfig:
   moe_capacity_factor: float = 1.25
   moe_aux_loss_coef: float = 1e-2
   moe_z_loss_coef: float = 1e-4
+  # Scaling.
+  scan_layers: bool = False
+  param_scan_axis: int = 1
+  remat_policy: str = 'none'
+  one_hot_embedding: bool = False
 
   def __post_init__(self):
     _check_int('vocab_size', self.vocab_size, 1)
@@ -186,6 +212,7 @@ class AltUpConfig:
     _check_positive('altup_coef_clip', self.altup_coef_clip)
     _check_int('sequence_altup_stride', self.sequence_altup_stride, 1)
     _check_choice('sequence_altup_mode', self.sequence_altup_mode, SEQUENCE_MODES)
+    _check_int('sequence_altup_max_segments', self.sequence_altup_max_segments, 1)
     _check_int('moe_num_experts', self.moe_num_experts, 0)
     if self.moe_num_experts == 1:
       raise ConfigError('AltUpConfig.moe_num_experts=1 is not a mixture; use 0 (dense) or >= 2.')
@@ -201,6 +228,21 @@ class AltUpConfig:
       value = getattr(self, name)
       if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
         raise ConfigError(f'AltUpConfig.{name}={value!r} must be a number >= 0.')
+    for name in ('scan_layers', 'one_hot_embedding'):
+      if not isinstance(getattr(self, name), bool):
+        raise ConfigError(f'AltUpConfig.{name}={getattr(self, name)!r} must be True or False.')
+    if isinstance(self.param_scan_axis, bool) or self.param_scan_axis not in PARAM_SCAN_AXES:
+      raise ConfigError(f'AltUpConfig.param_scan_axis={self.param_scan_axis!r} is not supported; '
+                        f'allowed values: 0, 1.')
+    _check_choice('remat_policy', self.remat_policy, REMAT_POLICIES)
+    if self.scan_layers:
+      for name, period in (('num_encoder_layers', self.layer_period(encoder=True)),
+                           ('num_decoder_layers', self.layer_period(encoder=False))):
+        if getattr(self, name) % period:
+          raise ConfigError(
+              f'AltUpConfig.scan_layers=True scans groups of {period} layers (the period of the '
+              f'active block, MoE layers and Sequence-AltUp offsets), but {name}='
+              f'{getattr(self, name)} is not a multiple of {period}; use scan_layers=False.')
     if self.logits_via_embedding and self.altup_k > 1 and self.altup_embedding == 'wide':
       raise ConfigError('AltUpConfig.logits_via_embedding=True needs a vocab x emb_dim table, but '
                         "altup_embedding='wide' with altup_k > 1 makes it vocab x (altup_k*emb_dim); "
@@ -230,6 +272,16 @@ class AltUpConfig:
   def sequence_offset(self, layer_index: int) -> int:
     """The first computed position of an encoder layer under Sequence-AltUp."""
     return layer_index % self.sequence_altup_stride
+
+  def layer_period(self, encoder: bool = True) -> int:
+    """The smallest P such that layer i and layer i + P are built alike (same active block, MoE
+    or dense MLP, Sequence-AltUp offset): the body of a scanned stack."""
+    period = self.altup_k if self.altup_selection == 'alternating' else 1
+    if self.moe_num_experts:
+      period = math.lcm(period, self.moe_every)
+    if encoder and self.sequence_altup_stride > 1:
+      period = math.lcm(period, self.sequence_altup_stride)
+    return period
 
   def active_block(self, layer_index: int) -> int:
     """The block j* a layer runs on."""

@@ -44,21 +44,25 @@ def _is_cache_index(path) -> bool:
   return name == 'cache_index'
 
 
-def gather_cache_beams(cache: PyTree, beam_indices: jnp.ndarray) -> PyTree:
+def gather_cache_beams(cache: PyTree, beam_indices: jnp.ndarray, cache_offset: int = 0) -> PyTree:
   """Reorders the batch axis of every cache leaf (except `cache_index`) by beam.
 
   Args:
-    cache: leaves [b * k, ...].
+    cache: leaves [b * k, ...], or [layers, b * k, ...] with cache_offset=1 (scanned layers, as
+      T5X's `cache_offset`).
     beam_indices: [b, k] int, the source beam in 0..k-1 of each new beam.
+    cache_offset: the position of the batch axis.
   """
   b, k = beam_indices.shape
 
   def gather(path, x):
-    if _is_cache_index(path) or x.ndim == 0:
+    if _is_cache_index(path) or x.ndim <= cache_offset:
       return x
-    x = x.reshape((b, k) + x.shape[1:])
-    x = jnp.take_along_axis(x, beam_indices.reshape((b, k) + (1,) * (x.ndim - 2)), axis=1)
-    return x.reshape((b * k,) + x.shape[2:])
+    lead = x.shape[:cache_offset]
+    x = x.reshape(lead + (b, k) + x.shape[cache_offset + 1:])
+    idx = beam_indices.reshape((1,) * cache_offset + (b, k) + (1,) * (x.ndim - 2 - cache_offset))
+    x = jnp.take_along_axis(x, idx, axis=cache_offset + 1)
+    return x.reshape(lead + (b * k,) + x.shape[cache_offset + 2:])
 
   return jax.tree_util.tree_map_with_path(gather, cache)
 
@@ -103,7 +107,7 @@ def greedy_search(cache: PyTree, tokens_to_logits: TokensToLogits, *, batch_size
 
 def beam_search(cache: PyTree, tokens_to_logits: TokensToLogits, *, batch_size: int,
                 beam_size: int, max_decode_len: int, eos_id: int, alpha: float = 0.6,
-                bos_id: int = 0) -> Tuple[jnp.ndarray, jnp.ndarray]:
+                bos_id: int = 0, cache_offset: int = 0) -> Tuple[jnp.ndarray, jnp.ndarray]:
   """Beam search.
 
   Args:
@@ -113,6 +117,7 @@ def beam_search(cache: PyTree, tokens_to_logits: TokensToLogits, *, batch_size: 
     eos_id: end-of-sequence id.
     alpha: length penalty exponent.
     bos_id: the first decoder input.
+    cache_offset: position of the cache's batch axis (1 with scanned layers).
 
   Returns:
     sequences [b, k, L] int32 and scores [b, k] float32, best first.
@@ -146,7 +151,7 @@ def beam_search(cache: PyTree, tokens_to_logits: TokensToLogits, *, batch_size: 
 
     alive_logp, keep = lax.top_k(jnp.where(ends, _DEAD, top_logp), k)  # [b, k]
     alive_seqs = _gather_rows(top_seqs, keep)
-    cache = gather_cache_beams(cache, _gather_rows(source_beam, keep))
+    cache = gather_cache_beams(cache, _gather_rows(source_beam, keep), cache_offset)
 
     new_scores = jnp.where(ends, top_logp / length_penalty(i + 1, alpha), _EMPTY)
     fin_scores, keep = lax.top_k(jnp.concatenate([fin_scores, new_scores], axis=1), k)

@@ -99,11 +99,17 @@ class RMSNorm(nn.Module):
 
 
 class Embed(nn.Module):
-  """Token embedding table [vocab, features]; `attend` gives tied logits."""
+  """Token embedding table [vocab, features]; `attend` gives tied logits.
+
+  one_hot: look tokens up as a one-hot [.., vocab] x [vocab, features] matmul, as T5X does on TPU
+  (it partitions along a vocab-sharded table); otherwise a gather. The two are equal (one nonzero
+  term per output).
+  """
   num_embeddings: int
   features: int
   dtype: DType = jnp.float32
   embedding_init: Initializer = nn.initializers.normal(stddev=1.0)
+  one_hot: bool = False
 
   def setup(self):
     self.embedding = param_with_axes('embedding', self.embedding_init,
@@ -113,7 +119,11 @@ class Embed(nn.Module):
   def __call__(self, tokens: Array) -> Array:
     if not jnp.issubdtype(tokens.dtype, jnp.integer):
       raise ValueError(f'token ids must be integers, got dtype {tokens.dtype}.')
-    return jnp.take(self.embedding.astype(self.dtype), tokens, axis=0)  # [b, l] -> [b, l, d]
+    table = self.embedding.astype(self.dtype)
+    if self.one_hot:
+      one_hot = (tokens[..., None] == lax.iota(jnp.int32, self.num_embeddings)).astype(self.dtype)
+      return jnp.dot(one_hot, table, precision=lax.Precision.HIGHEST)  # [b, l, vocab] -> [b, l, d]
+    return jnp.take(table, tokens, axis=0)  # [b, l] -> [b, l, d]
 
   def attend(self, query: Array) -> Array:
     return jnp.einsum('...d,vd->...v', query.astype(self.dtype), self.embedding.astype(self.dtype))

@@ -216,6 +216,8 @@ class EncoderDecoderModel:
           method=self.module.decode)
       return logits[:, -1, :], new_vars['cache']
 
+    # Scanned layers stack the cache on a leading layer axis (T5X's `cache_offset`).
+    scanned = bool(getattr(self.module, 'scan_layers', False))
     if method == 'greedy':
       seqs, scores = decoding.greedy_search(cache, tokens_to_logits, batch_size=batch_size,
                                             max_decode_len=length, eos_id=self.eos_id)
@@ -223,7 +225,8 @@ class EncoderDecoderModel:
     else:
       seqs, scores = decoding.beam_search(cache, tokens_to_logits, batch_size=batch_size,
                                           beam_size=num_decodes, max_decode_len=length,
-                                          eos_id=self.eos_id, alpha=alpha)
+                                          eos_id=self.eos_id, alpha=alpha,
+                                          cache_offset=1 if scanned else 0)
     if return_all_decodes:
       return seqs, {'scores': scores}
     return seqs[:, 0], {'scores': scores[:, 0]}

@@ -159,8 +159,9 @@ def layer_metrics(intermediates):
     keys = [getattr(p, 'key', None) for p in path]
     name = next((k for k in reversed(keys) if k in MOE_METRICS), None)
     if name is not None:
+      # One scalar per layer; a scanned stack sows them stacked on a leading layer axis.
       sums[name] = sums.get(name, 0.0) + jnp.sum(jnp.asarray(leaf, jnp.float32))
-      counts[name] = counts.get(name, 0) + 1
+      counts[name] = counts.get(name, 0) + int(jnp.size(leaf))
   return {name: sums[name] / counts[name] for name in sums}
 
 

@@ -6,10 +6,36 @@ parameter tree of an AltUp model is the baseline tree plus, per layer, `altup_{i
 and `altup_{i}/correct` [K] (and a K*d-wide embedding for the wide variant).
 
 Activations: [b, l, d] inside a layer; [b, l, k, d] between AltUp layers.
+
+Scaling options, as T5X's `t5x/examples/scalable_t5` (AltUpConfig.scan_layers, param_scan_axis,
+remat_policy, one_hot_embedding):
+
+- scan_layers: each stack runs as one `scan_with_axes` over groups of P = `cfg.layer_period()`
+  consecutive layers (P = lcm of K under alternating selection, moe_every when MoE is on, and the
+  Sequence-AltUp stride in the encoder; P = 1 for the plain T5.1.1 network). Layer i and layer i+P
+  are built alike, so the scanned body is exactly P unrolled layers with local indices 0..P-1: the
+  same code path as the unrolled stack (`encoder_layers` / `decoder_layers`), with every static
+  per-layer choice (active block, MoE or dense MLP, Sequence-AltUp offset and anchor shapes) still a
+  Python constant. The alternative, the block index as a scan input selected dynamically, would
+  need dynamic slices and one-hot corrections in the AltUp step, cannot express MoE-every-n (the
+  two layer kinds have different parameters) nor Sequence-AltUp (anchor counts change with the
+  offset), and would make the scanned network differ from the unrolled one. The cost is a body of
+  P layers (2 for the paper's K=2), still a constant compile size independent of depth.
+  Parameters: `<stack>/layers/{layers_j, altup_j, sequence_altup_j}` with the 'layers' axis (size
+  num_layers / P) inserted at `param_scan_axis`; unrolled layer i is group member j = i mod P at
+  scan index i // P (`altup_t5x.scan_convert` restacks checkpoints both ways). Decoding caches and
+  sown MoE metrics are stacked at axis 0 (T5X's models read `Transformer.scan_layers` and then
+  expect the cache's batch axis at 1). The relative position bias stays one table per stack,
+  computed outside the scan and broadcast into it.
+- remat_policy: each T5.1.1 layer (not the cheap AltUp predict/correct around it) is wrapped in
+  `flax.linen.partitioning.remat` with prevent_cse = not scan_layers, as scalable_t5.
+- one_hot_embedding: `layers.Embed(one_hot=True)`.
 """
 from typing import Optional
 
 import flax.linen as nn
+from flax.linen import partitioning as nn_partitioning
+import jax
 import jax.numpy as jnp
 
 from altup_t5x import altup
@@ -150,6 +176,119 @@ class DecoderLayer(nn.Module):
     return with_sharding_constraint(z, EMBED_AXES)
 
 
+def _remat(cfg: AltUpConfig, layer_cls, static_argnums):
+  """The layer class under cfg.remat_policy (flax's lifted jax.checkpoint, as scalable_t5)."""
+  if cfg.remat_policy == 'none':
+    return layer_cls
+  policy = (jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims
+            if cfg.remat_policy == 'minimal' else None)
+  return nn_partitioning.remat(layer_cls, prevent_cse=not cfg.scan_layers, policy=policy,
+                               static_argnums=static_argnums)
+
+
+def run_layers(cfg: AltUpConfig, x, num_layers: int, layer_call):
+  """Applies layer_call(i, h) for layers i = 0..num_layers-1, through AltUp when K > 1.
+
+  Creates `altup_{i}` coefficient modules in the calling module: the stack itself (unrolled) or
+  the scanned group (indices local to the group; `layer_period` makes them act alike).
+  """
+  for i in range(num_layers):
+    fn = lambda h, i=i: layer_call(i, h)
+    if cfg.use_altup:
+      coefficients = (DynamicAltUpCoefficients if cfg.altup_coefficients == 'dynamic'
+                      else AltUpCoefficients)(cfg, name=f'altup_{i}')
+      p, g = coefficients(altup.select_block(x, cfg.active_block(i)))
+      x = altup.altup_step(x, p, g, cfg.active_block(i), fn, cfg.altup_layer_input)
+      x = with_sharding_constraint(x, BLOCK_AXES)
+    else:
+      x = fn(x)
+  return x
+
+
+def encoder_layers(cfg: AltUpConfig, x, num_layers: int, mask, bias, segment_ids, positions,
+                   max_segments: int, deterministic: bool):
+  """Encoder layers 0..num_layers-1 (`layers_{i}`, `altup_{i}`, `sequence_altup_{i}`) built in the
+  calling module."""
+  layer_cls = _remat(cfg, EncoderLayer, static_argnums=(3,))
+  layer_modules = [layer_cls(cfg, cfg.is_sparse_layer(i), name=f'layers_{i}')
+                   for i in range(num_layers)]
+  stride = cfg.sequence_altup_stride
+  scalars = [SequenceAltUpScalars(name=f'sequence_altup_{i}')
+             if stride > 1 and cfg.sequence_altup_mode == 'predict_correct' else None
+             for i in range(num_layers)]
+
+  def layer_call(i, h):
+    if stride == 1:
+      return layer_modules[i](h, mask, bias, deterministic)
+
+    def on_anchors(h_anchors, slot_positions, slot_valid):  # the anchors, their mask and bias
+      sub_mask = slot_valid[:, None, :, None] & slot_valid[:, None, None, :]
+      if mask is not None:
+        rows = jnp.take_along_axis(mask, slot_positions[:, None, :, None], axis=2)
+        sub_mask = sub_mask & (jnp.take_along_axis(rows, slot_positions[:, None, None, :],
+                                                   axis=3) > 0)
+      sub_bias = jnp.moveaxis(
+          bias[0][:, slot_positions[:, :, None], slot_positions[:, None, :]], 0, 1)
+      return layer_modules[i](h_anchors, sub_mask.astype(cfg.dtype), sub_bias, deterministic)
+
+    alpha, beta = scalars[i]() if scalars[i] is not None else (1.0, 1.0)
+    return sequence.sequence_altup_step(
+        h, on_anchors, stride, cfg.sequence_offset(i), alpha, beta, cfg.sequence_altup_mode,
+        segment_ids=segment_ids, positions=positions, max_segments=max_segments)
+
+  return run_layers(cfg, x, num_layers, layer_call)
+
+
+def decoder_layers(cfg: AltUpConfig, y, num_layers: int, encoded, decoder_mask,
+                   encoder_decoder_mask, bias, deterministic: bool, decode: bool):
+  """Decoder layers 0..num_layers-1 (`layers_{i}`, `altup_{i}`) built in the calling module."""
+  layer_cls = _remat(cfg, DecoderLayer, static_argnums=(5, 6))
+  layer_modules = [layer_cls(cfg, cfg.is_sparse_layer(i), name=f'layers_{i}')
+                   for i in range(num_layers)]
+  return run_layers(cfg, y, num_layers, lambda i, h: layer_modules[i](
+      h, encoded, decoder_mask, encoder_decoder_mask, bias, deterministic, decode))
+
+
+class EncoderLayerGroup(nn.Module):
+  """`num_layers` consecutive encoder layers: the body of the scanned encoder (carry, None)."""
+  config: AltUpConfig
+  num_layers: int = 1
+  max_segments: int = 1
+
+  @nn.compact
+  def __call__(self, x, mask, bias, segment_ids, positions, deterministic):
+    return encoder_layers(self.config, x, self.num_layers, mask, bias, segment_ids, positions,
+                          self.max_segments, deterministic), None
+
+
+class DecoderLayerGroup(nn.Module):
+  """`num_layers` consecutive decoder layers: the body of the scanned decoder (carry, None)."""
+  config: AltUpConfig
+  num_layers: int = 1
+
+  @nn.compact
+  def __call__(self, y, encoded, decoder_mask, encoder_decoder_mask, bias, deterministic, decode):
+    return decoder_layers(self.config, y, self.num_layers, encoded, decoder_mask,
+                          encoder_decoder_mask, bias, deterministic, decode), None
+
+
+def scanned(module: nn.Module, group_cls, stack_layers: int, num_args: int, **attrs):
+  """The stack's layers as one scan over groups of `layer_period` layers (scalable_t5's layout:
+  parameters stacked at `param_scan_axis` on the 'layers' logical axis, caches and sown
+  intermediates at axis 0; every call argument broadcast to all groups)."""
+  cfg = module.config
+  period = attrs.get('num_layers')
+  axis = cfg.param_scan_axis
+  params_spec = axis if module.is_mutable_collection('params') else nn_partitioning.ScanIn(axis)
+  return nn_partitioning.scan_with_axes(
+      group_cls,
+      variable_axes={'params': params_spec, 'cache': 0, 'intermediates': 0},
+      split_rngs={'params': True, 'dropout': True},
+      in_axes=(nn.broadcast,) * num_args,
+      length=stack_layers // period,
+      axis_name='layers')(config=cfg, name='layers', **attrs)
+
+
 class AltUpStack(nn.Module):
   """Embeds tokens into K blocks, runs AltUp-wrapped layers, reduces to d, final norm + dropout.
 
@@ -174,21 +313,6 @@ class AltUpStack(nn.Module):
       x = altup.replicate(x, cfg.altup_k)  # [b, l, d] -> [b, l, k, d]
     return with_sharding_constraint(x, BLOCK_AXES)
 
-  def run_layers(self, x, layer_call):
-    """Applies layer_call(i, h) for each layer, through AltUp when K > 1."""
-    cfg = self.config
-    for i in range(self.num_layers):
-      fn = lambda h, i=i: layer_call(i, h)
-      if cfg.use_altup:
-        coefficients = (DynamicAltUpCoefficients if cfg.altup_coefficients == 'dynamic'
-                        else AltUpCoefficients)(cfg, name=f'altup_{i}')
-        p, g = coefficients(altup.select_block(x, cfg.active_block(i)))
-        x = altup.altup_step(x, p, g, cfg.active_block(i), fn, cfg.altup_layer_input)
-        x = with_sharding_constraint(x, BLOCK_AXES)
-      else:
-        x = fn(x)
-    return x
-
   def finish(self, x, deterministic):
     """[b, l, k, d] -> reduce -> final RMS norm -> dropout -> [b, l, d]."""
     cfg = self.config
@@ -209,7 +333,8 @@ class Encoder(AltUpStack):
   norm_name: str = 'encoder_norm'
 
   @nn.compact
-  def __call__(self, encoder_input_tokens, encoder_mask=None, deterministic=False):
+  def __call__(self, encoder_input_tokens, encoder_mask=None, deterministic=False,
+               encoder_segment_ids=None, encoder_positions=None):
     cfg = self.config
     assert encoder_input_tokens.ndim == 2, f'[batch, length] expected, got {encoder_input_tokens.shape}'
     length = encoder_input_tokens.shape[-1]
@@ -218,26 +343,21 @@ class Encoder(AltUpStack):
         max_distance=cfg.relative_attention_max_distance, num_heads=cfg.num_heads,
         dtype=cfg.dtype, name='relpos_bias')(length, length, True)
     x = self.embed(encoder_input_tokens, deterministic)
-    layer_modules = [EncoderLayer(cfg, cfg.is_sparse_layer(i), name=f'layers_{i}')
-                     for i in range(self.num_layers)]
-    stride = cfg.sequence_altup_stride
-    scalars = [SequenceAltUpScalars(name=f'sequence_altup_{i}')
-               if stride > 1 and cfg.sequence_altup_mode == 'predict_correct' else None
-               for i in range(self.num_layers)]
-
-    def layer_call(i, h):
-      if stride == 1:
-        return layer_modules[i](h, encoder_mask, bias, deterministic)
-
-      def on_anchors(h_anchors, anchors):  # the layer sees only the anchors, their mask and bias
-        sub_mask = None if encoder_mask is None else encoder_mask[:, :, anchors, anchors]
-        return layer_modules[i](h_anchors, sub_mask, bias[:, :, anchors, anchors], deterministic)
-
-      alpha, beta = scalars[i]() if scalars[i] is not None else (1.0, 1.0)
-      return sequence.sequence_altup_step(h, on_anchors, stride, cfg.sequence_offset(i), alpha,
-                                          beta, cfg.sequence_altup_mode)
-
-    x = self.run_layers(x, layer_call)
+    # Sequence-AltUp follows each segment's own positions (packed rows); unpacked: one segment.
+    if encoder_segment_ids is None:
+      segment_ids, max_segments = (encoder_input_tokens > 0).astype(jnp.int32), 1
+      positions = jnp.broadcast_to(jnp.arange(length), encoder_input_tokens.shape)
+    else:
+      segment_ids, max_segments = encoder_segment_ids, cfg.sequence_altup_max_segments
+      positions = (sequence.segment_positions(segment_ids) if encoder_positions is None
+                   else encoder_positions)
+    if cfg.scan_layers:
+      x, _ = scanned(self, EncoderLayerGroup, self.num_layers, 5,
+                     num_layers=cfg.layer_period(encoder=True), max_segments=max_segments)(
+                         x, encoder_mask, bias, segment_ids, positions, deterministic)
+    else:
+      x = encoder_layers(cfg, x, self.num_layers, encoder_mask, bias, segment_ids, positions,
+                         max_segments, deterministic)
     return self.finish(x, deterministic)
 
 
@@ -256,10 +376,13 @@ class Decoder(AltUpStack):
         max_distance=cfg.relative_attention_max_distance, num_heads=cfg.num_heads,
         dtype=cfg.dtype, name='relpos_bias')(length, length, False)
     y = self.embed(decoder_input_tokens, deterministic)
-    layer_modules = [DecoderLayer(cfg, cfg.is_sparse_layer(i), name=f'layers_{i}')
-                     for i in range(self.num_layers)]
-    y = self.run_layers(y, lambda i, h: layer_modules[i](
-        h, encoded, decoder_mask, encoder_decoder_mask, bias, deterministic, decode))
+    if cfg.scan_layers:
+      y, _ = scanned(self, DecoderLayerGroup, self.num_layers, 6,
+                     num_layers=cfg.layer_period(encoder=False))(
+                         y, encoded, decoder_mask, encoder_decoder_mask, bias, deterministic, decode)
+    else:
+      y = decoder_layers(cfg, y, self.num_layers, encoded, decoder_mask, encoder_decoder_mask,
+                         bias, deterministic, decode)
     y = self.finish(y, deterministic)
     if cfg.logits_via_embedding:
       logits = self.shared_embedding.attend(y) / jnp.sqrt(y.shape[-1]).astype(cfg.dtype)
@@ -273,26 +396,37 @@ class Transformer(nn.Module):
   """AltUp T5.1.1 encoder-decoder; drop-in for T5X's `t5x.examples.t5.network.Transformer`."""
   config: AltUpConfig
 
+  @property
+  def scan_layers(self) -> bool:
+    """T5X's models.py and utils.py read `module.scan_layers` (cached decoding then expects the
+    cache's batch axis at 1, after the stacked layer axis), as for scalable_t5."""
+    return self.config.scan_layers
+
   def setup(self):
     cfg = self.config
     if not isinstance(cfg, AltUpConfig):
       raise TypeError(f'Transformer.config must be an altup_t5x AltUpConfig, got {type(cfg)!r}.')
     self.shared_embedding = layers.Embed(num_embeddings=cfg.vocab_size, features=cfg.embedding_dim,
-                                         dtype=cfg.dtype, name='token_embedder')
+                                         dtype=cfg.dtype, one_hot=cfg.one_hot_embedding,
+                                         name='token_embedder')
     self.encoder = Encoder(cfg, self.shared_embedding, cfg.num_encoder_layers,
                            norm_name='encoder_norm')
     self.decoder = Decoder(cfg, self.shared_embedding, cfg.num_decoder_layers,
                            norm_name='decoder_norm')
 
-  def encode(self, encoder_input_tokens, encoder_segment_ids=None, enable_dropout=True):
-    """[b, l] tokens -> [b, l, d] encoder output (reduced to d and normed)."""
+  def encode(self, encoder_input_tokens, encoder_segment_ids=None, enable_dropout=True,
+             encoder_positions=None):
+    """[b, l] tokens -> [b, l, d] encoder output (reduced to d and normed). Packed rows: segment
+    ids (0 = padding) and optionally positions (derived from the segment ids when absent)."""
     cfg = self.config
     mask = layers.make_attention_mask(encoder_input_tokens > 0, encoder_input_tokens > 0,
                                       dtype=cfg.dtype)
     if encoder_segment_ids is not None:
       mask = layers.combine_masks(mask, layers.make_attention_mask(
           encoder_segment_ids, encoder_segment_ids, jnp.equal, dtype=cfg.dtype), dtype=cfg.dtype)
-    return self.encoder(encoder_input_tokens, mask, deterministic=not enable_dropout)
+    return self.encoder(encoder_input_tokens, mask, deterministic=not enable_dropout,
+                        encoder_segment_ids=encoder_segment_ids,
+                        encoder_positions=encoder_positions)
 
   def decode(self, encoded, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens,
              encoder_segment_ids=None, decoder_segment_ids=None, decoder_positions=None,
@@ -323,7 +457,8 @@ class Transformer(nn.Module):
                decoder_positions=None, *, enable_dropout: bool = True, decode: bool = False,
                max_decode_length: Optional[int] = None):
     """Teacher-forced logits [b, l_dec, vocab]."""
-    encoded = self.encode(encoder_input_tokens, encoder_segment_ids, enable_dropout)
+    encoded = self.encode(encoder_input_tokens, encoder_segment_ids, enable_dropout,
+                          encoder_positions)
     return self.decode(encoded, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens,
                        encoder_segment_ids, decoder_segment_ids, decoder_positions,
                        enable_dropout=enable_dropout, decode=decode,

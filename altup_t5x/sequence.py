@@ -1,7 +1,8 @@
 """Sequence-AltUp: the AltUp idea applied along the sequence axis (arXiv 2301.13310, section 5).
 
-A layer L is computed only on the anchor positions a = o, o+s, o+2s, ... (stride s, offset o that
-alternates with the layer index). Every other token t is predicted from itself and corrected with the
+A layer L is computed only on the anchor positions of each segment (example) of a row: the tokens
+whose position inside their segment is p = o, o+s, o+2s, ... (stride s, offset o that alternates
+with the layer index). Every other token t is predicted from itself and corrected with the
 innovation of its anchor a(t):
 
   anchors:  y_a = L(x_anchors)_a
@@ -12,74 +13,130 @@ anchor's residual update). The exact formula of the paper is not public; this is
 choice of this project. 'skip' mode ("stride-and-skip", the naive comparison) leaves skipped tokens
 unchanged: y_t = x_t.
 
-a(t): the anchor of t's stride window, [a, a+s). Bidirectional stacks give the positions before the
-first anchor (t < o) to the first anchor; a causal stack may only use anchors at or before t, so
-those positions are left unchanged there. Sequence-AltUp is used in the encoder only: in a cached
-decoder each layer's KV cache would hold only that layer's anchors and a skipped token's output
-would depend on a future anchor's computation in half the windows, so decoding one token at a time
-cannot reproduce the teacher-forced pass.
+a(t): the anchor of t's stride window inside its own segment. Bidirectional stacks give the
+positions before the segment's first anchor (p < o) to that first anchor; a causal stack may only
+use anchors at or before t, so those positions are left unchanged there. A segment with no anchor
+(length <= o) and padding (segment id 0) are left unchanged by the layer. Sequence-AltUp is used in
+the encoder only: in a cached decoder each layer's KV cache would hold only that layer's anchors and
+a skipped token's output would depend on a future anchor's computation in half the windows, so
+decoding one token at a time cannot reproduce the teacher-forced pass.
 
-Shapes: x [b, l, d]; the layer sees [b, l_anchor, d] with l_anchor = ceil((l - o) / s).
+Packed rows (T5X's feature converter packs several examples into one row, with segment ids and
+positions that restart at 0 in each segment): the stride grid follows each segment's positions, an
+anchor is never taken from another segment, and the attention among anchors is masked to the
+segment, so a packed row computes exactly what each example computes alone.
+
+Design (static shapes, ~1/s of the positions): per row, the anchors are gathered into `c` slots
+(in row order) with a static capacity
+
+  c = min(l, floor((l + k * (s - 1 - o)) / s)),   k = the most segments a row may hold,
+
+which bounds sum_i ceil((L_i - o) / s) over any k segments of total length <= l. An unpacked row
+(k = 1) gets c = ceil((l - o) / s), exactly the anchors of the strided grid; a packed row pays at
+most k * (s - 1 - o) / s extra slots (k = `AltUpConfig.sequence_altup_max_segments`). The layer runs
+on [b, c, d] with the anchors' attention mask and relative-position bias gathered from the row's
+(the bias uses the tokens' row positions, as the dense layer does). Unused slots are masked out and
+never read back. Should a row hold more anchors than c (more than k short segments), the anchors
+beyond slot c are dropped like tokens over an MoE expert's capacity: the tokens of their windows are
+left unchanged by that layer; no information crosses segments either way.
+
+Shapes: x [b, l, d]; the layer sees [b, c, d].
 """
-import numpy as np
+from typing import NamedTuple
+
+import jax
 import jax.numpy as jnp
 
 
-def anchor_positions(length: int, stride: int, offset: int) -> np.ndarray:
-  """The computed positions (static)."""
+def segment_positions(segment_ids):
+  """[b, l] segment ids -> [b, l] each token's position inside its run of equal ids (0, 1, ...),
+  as T5X's feature converter makes `encoder_positions`."""
+  length = segment_ids.shape[1]
+  t = jnp.arange(length)[None, :]
+  starts = jnp.concatenate([jnp.ones_like(segment_ids[:, :1], bool),
+                            segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
+  return t - jax.lax.cummax(jnp.where(starts, t, 0), axis=1)
+
+
+def anchor_capacity(length: int, stride: int, offset: int, max_segments: int = 1) -> int:
+  """The static number of anchor slots of a row (see the module docstring)."""
   if not 0 <= offset < stride:
     raise ValueError(f'offset {offset} must be in [0, stride={stride}).')
-  return np.arange(offset, length, stride)
+  return max(0, min(length, (length + max_segments * (stride - 1 - offset)) // stride))
 
 
-def anchor_index(length: int, stride: int, offset: int, causal: bool):
-  """For each position t, the index (into anchor_positions) of its anchor, and whether it has one."""
-  t = np.arange(length)
-  index = np.floor_divide(t - offset, stride)  # negative before the first anchor
-  num_anchors = len(anchor_positions(length, stride, offset))
-  has_anchor = index >= 0 if causal else np.ones(length, bool)
-  return np.clip(index, 0, num_anchors - 1), has_anchor
+class AnchorPlan(NamedTuple):
+  slot_positions: jnp.ndarray  # [b, c] row position of each slot's anchor (0 for unused slots)
+  slot_valid: jnp.ndarray  # [b, c] bool: the slot holds an anchor
+  token_slot: jnp.ndarray  # [b, l] the slot of each token's anchor (meaningful where has_anchor)
+  is_anchor: jnp.ndarray  # [b, l] bool
+  has_anchor: jnp.ndarray  # [b, l] bool: the token has an anchor in its own segment
 
 
-def _expand(anchor_values, length: int, stride: int, offset: int):
-  """Per-anchor values [b, n, ...] -> per-position values [b, length, ...]: position t gets its
-  window's anchor (t < offset: the first). Repeats and slices, so the gradient is sums, not the
-  scatter-adds a gather would need."""
-  parts = [jnp.repeat(anchor_values, stride, axis=1)]
-  if offset:
-    parts.insert(0, jnp.repeat(anchor_values[:, :1], offset, axis=1))
-  return jnp.concatenate(parts, axis=1)[:, :length]
+def plan_anchors(segment_ids, positions, stride: int, offset: int, capacity: int,
+                 causal: bool = False) -> AnchorPlan:
+  """The anchors of each row: segment_ids [b, l] (0 = padding), positions [b, l] (inside the
+  segment)."""
+  length = segment_ids.shape[1]
+  t = jnp.arange(length)[None, :]
+  valid = segment_ids != 0
+  on_grid = (positions >= offset) & ((positions - offset) % stride == 0)
+  is_anchor = valid & on_grid
+  rank = jnp.cumsum(is_anchor, axis=1) - 1  # slot of each anchor, in row order
+  is_anchor = is_anchor & (rank < capacity)
+  # Row position of each token's anchor: the start of its window, or for p < o the first anchor.
+  anchor = jnp.where(positions >= offset, t - (positions - offset) % stride,
+                     t - positions + offset)
+  inside = anchor < length
+  anchor = jnp.clip(anchor, 0, length - 1)
+  take = lambda a: jnp.take_along_axis(a, anchor, axis=1)
+  has_anchor = valid & inside & (take(segment_ids) == segment_ids) & take(is_anchor)
+  if causal:
+    has_anchor = has_anchor & (positions >= offset)
+  token_slot = jnp.clip(take(rank), 0, max(capacity - 1, 0))
+  rows = jnp.arange(segment_ids.shape[0])[:, None]
+  slot_positions = jnp.zeros((segment_ids.shape[0], capacity), jnp.int32).at[
+      rows, jnp.where(is_anchor, rank, capacity)].set(
+          jnp.broadcast_to(t, segment_ids.shape).astype(jnp.int32), mode='drop')
+  slot_valid = jnp.arange(capacity)[None, :] < jnp.sum(is_anchor, axis=1, keepdims=True)
+  return AnchorPlan(slot_positions, slot_valid, token_slot, is_anchor, has_anchor)
 
 
 def sequence_altup_step(x, layer_fn, stride: int, offset: int, alpha=1.0, beta=1.0,
-                        mode: str = 'predict_correct', causal: bool = False):
+                        mode: str = 'predict_correct', causal: bool = False, segment_ids=None,
+                        positions=None, max_segments: int = 1):
   """One layer under Sequence-AltUp.
 
   Args:
     x: [b, l, d] inputs.
-    layer_fn: maps anchor inputs [b, l_anchor, d] and the anchors' static index (a slice
-      `offset::stride`, usable on masks and biases) to the layer outputs [b, l_anchor, d].
-    stride, offset: the anchors are positions offset, offset+stride, ...
+    layer_fn: maps anchor inputs [b, c, d], the anchors' row positions [b, c] (int, to gather masks
+      and biases) and the slots' validity [b, c] (bool) to the layer outputs [b, c, d]. Invalid
+      slots must not influence valid ones (mask them as keys).
+    stride, offset: the anchors are the tokens at segment positions offset, offset+stride, ...
     alpha, beta: the learned scalars (predict, correct).
     mode: 'predict_correct' or 'skip' (stride-and-skip).
     causal: only anchors at or before a token may be used.
+    segment_ids: [b, l] int, 0 = padding; None: every row is one segment.
+    positions: [b, l] positions inside the segments; None: derived from segment_ids (or 0..l-1).
+    max_segments: the most segments a row holds (sets the static anchor capacity).
   Returns: [b, l, d].
   """
-  length = x.shape[1]
-  positions = anchor_positions(length, stride, offset)
-  if len(positions) == 0:
+  b, length = x.shape[:2]
+  if segment_ids is None:
+    segment_ids = jnp.ones((b, length), jnp.int32)
+  if positions is None:
+    positions = segment_positions(segment_ids)
+  capacity = anchor_capacity(length, stride, offset, max_segments)
+  if capacity == 0:
     return x
-  anchors = slice(offset, None, stride)
-  x_anchors = x[:, anchors]  # [b, l, d] -> [b, l_anchor, d]
-  out = layer_fn(x_anchors, anchors)
-  _, has_anchor = anchor_index(length, stride, offset, causal)
-  is_anchor = np.zeros(length, bool)
-  is_anchor[positions] = True
-  on_anchor = _expand(out, length, stride, offset)  # every token's anchor output, [b, l, d]
+  plan = plan_anchors(segment_ids, positions, stride, offset, capacity, causal)
+  x_anchors = jnp.take_along_axis(x, plan.slot_positions[..., None], axis=1)  # [b, c, d]
+  out = layer_fn(x_anchors, plan.slot_positions, plan.slot_valid)
+  token_slot = plan.token_slot[..., None]
+  on_anchor = jnp.take_along_axis(out, token_slot, axis=1)  # every token's anchor output, [b, l, d]
   if mode == 'skip':
     skipped = x
   else:
-    innovation = on_anchor - alpha * _expand(x_anchors, length, stride, offset)
-    skipped = alpha * x + beta * innovation
-    skipped = jnp.where(has_anchor[None, :, None], skipped, x)
-  return jnp.where(is_anchor[None, :, None], on_anchor, skipped).astype(x.dtype)
+    innovation = on_anchor - alpha * jnp.take_along_axis(x_anchors, token_slot, axis=1)
+    skipped = jnp.where(plan.has_anchor[..., None], alpha * x + beta * innovation, x)
+  return jnp.where(plan.is_anchor[..., None], on_anchor, skipped).astype(x.dtype)

@@ -17,6 +17,8 @@ import sys
 from typing import Dict, List, Tuple
 
 SIZES = ('small', 'base', 'large', 'xl')
+# Pretraining only (the paper stops at XL): XXL, as T5X's scalable_t5 runs it.
+PRETRAIN_ONLY_SIZES = ('xxl',)
 # name in file names -> (variant gin, description)
 VARIANTS = {
     'baseline': ('gin/altup/baseline.gin', 'the T5.1.1 baseline (no AltUp)'),
@@ -25,10 +27,13 @@ VARIANTS = {
     'recycled_k2': ('gin/altup/recycled_k2.gin', 'Recycled-AltUp, K=2'),
 }
 SIZE_NAMES = {'small': 'T5.1.1-Small', 'base': 'T5.1.1-Base', 'large': 'T5.1.1-Large',
-              'xl': 'T5.1.1-XL (the paper\'s "3B")'}
+              'xl': 'T5.1.1-XL (the paper\'s "3B")', 'xxl': 'T5.1.1-XXL ("11B")'}
 # XL does not fit data-parallel in 16 GiB TPUv3 cores (float32 params + grads alone are ~23 GB):
 # shard it 8 ways over 'model', as T5X does for its XL/XXL configs on pods.
-NUM_PARTITIONS = {'small': 1, 'base': 1, 'large': 1, 'xl': 8}
+NUM_PARTITIONS = {'small': 1, 'base': 1, 'large': 1, 'xl': 8, 'xxl': 16}
+# Network scaling options per size: XXL scans its layers and keeps only matmul outputs without
+# batch dims for the backward pass, as T5X's scalable_t5/t5_1_1/xxl.gin.
+SCALING = {'xxl': "SCAN_LAYERS = True\nREMAT_POLICY = 'minimal'\n"}
 
 PRETRAIN_STEPS = 500_000
 FINETUNE_STEPS = 50_000
@@ -126,7 +131,7 @@ USE_CACHED_TASKS = False  # the altup_* tasks preprocess on the fly
 
 train_script.train.eval_period = 5000
 utils.SaveCheckpointConfig.period = 5000
-{_partitions(size)}"""
+{_partitions(size)}{SCALING.get(size, '')}"""
   return path, head + body
 
 
@@ -162,7 +167,7 @@ USE_CACHED_TASKS = False  # the altup_* tasks preprocess on the fly
 EVAL_PERIOD = 5000
 
 utils.SaveCheckpointConfig.period = 5000
-{_partitions(size)}"""
+{_partitions(size)}{SCALING.get(size, '')}"""
   return path, head + body
 
 
@@ -332,6 +337,9 @@ def all_configs() -> Dict[str, str]:
       for bench in BENCHMARKS:
         files.update([finetune(bench, size, variant), evaluate(bench, size, variant),
                       infer(bench, size, variant)])
+  for size in PRETRAIN_ONLY_SIZES:
+    for variant in VARIANTS:
+      files.update([pretrain(size, variant)])
   for variant in SMOKE_VARIANTS:
     files.update(smoke(variant))
   return files

@@ -65,7 +65,7 @@ def test_sequence_step_matches_numpy(stride, offset, mode, causal):
   x = rng.randn(2, 11, 4).astype(np.float32)
   w = rng.randn(4, 4).astype(np.float32)
   layer_np = lambda h: np.tanh(h @ w) + h
-  got = sequence.sequence_altup_step(jnp.asarray(x), lambda h, pos: jnp.tanh(h @ w) + h, stride,
+  got = sequence.sequence_altup_step(jnp.asarray(x), lambda h, pos, ok: jnp.tanh(h @ w) + h, stride,
                                      offset, 0.7, 1.3, mode, causal)
   want = np_sequence_step(x, layer_np, stride, offset, 0.7, 1.3, mode, causal)
   np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
@@ -76,7 +76,7 @@ def test_sequence_step_matches_numpy(stride, offset, mode, causal):
 
 def test_stride_one_is_the_ordinary_layer():
   x = jnp.asarray(np.random.RandomState(0).randn(2, 7, 4), jnp.float32)
-  layer = lambda h, pos: jnp.sin(h) * 2
+  layer = lambda h, pos, ok: jnp.sin(h) * 2
   np.testing.assert_array_equal(np.asarray(sequence.sequence_altup_step(x, layer, 1, 0, 0.3, 5.0)),
                                 np.asarray(jnp.sin(x) * 2))
   # And in the network: stride 1 is the default network, bit for bit.
@@ -92,7 +92,7 @@ def test_causal_stack_never_looks_ahead():
   x = rng.randn(1, 12, 3).astype(np.float32)
   w = rng.randn(3, 3).astype(np.float32)
 
-  def causal_layer(h, pos):  # a causal mixing layer: running mean over earlier anchors
+  def causal_layer(h, pos, ok):  # a causal mixing layer: running mean over earlier anchors
     csum = jnp.cumsum(h, axis=1) / jnp.arange(1, h.shape[1] + 1)[None, :, None]
     return jnp.tanh(csum @ w) + h
 
