@@ -531,14 +531,18 @@ run on a 2-core CPU with N simulated devices (see `altup_t5x/plan.py`).
 - Memory per device: {chips}.
   A TPU v3 JAX device is one core (16 GiB of the chip's 32 GiB).
 - Model-parallel size (`num_partitions`, the 'model' mesh axis) as T5X's configs use it:
-  small/base 1, large 1-2, XL 8, XXL 16; the rest of the devices is the data axis.
+  small/base 1, large 2, XL 8, XXL 16; the rest of the devices is the data axis. With T5X's
+  standard rules parameters are split over 'model' only, so parameter bytes per device do not
+  change with the data axis; T5X keeps Adafactor's factored statistics replicated.
+- Rows with a scan/remat setting other than the config's were compiled with
+  `--gin.SCAN_LAYERS=... --gin.REMAT_POLICY=...`.
 - Batch 256 x {{'inputs': 512, 'targets': 114}} (the paper's pretraining), float32 parameters,
   bfloat16 activations, T5X's Adafactor (factored second moments, no momentum).
 """
 
 
 def _fmt_gib(v: str) -> str:
-  return '' if v in ('', None) else f'{int(float(v)) / GiB:.2f}'
+  return '' if v in ('', None) else f'{int(float(v)) / GiB:.3f}'
 
 
 def render_pods_md(rows: Sequence[Mapping[str, str]]) -> str:
@@ -607,7 +611,7 @@ def sweep(args) -> None:
   if not args.analytic:
     raise PlanError('--pods-sweep runs in --analytic mode only (compile rows one by one).')
   simulate_devices(max(d for v in SLICES.values() for d, _ in v))
-  for path in sorted(glob.glob('configs/pretrain/c4_*.gin')):
+  for path in list(args.gin_files) or sorted(glob.glob('configs/pretrain/c4_*.gin')):
     label, size, variant = _label([path])
     if variant not in VARIANT_ORDER or size not in SLICES:
       continue
