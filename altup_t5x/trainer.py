@@ -86,6 +86,11 @@ class Trainer:
 
   # ----------------------------------------------------------------------------------------------
   def train_step(self, state: PyTree, batch: Mapping[str, jax.Array]) -> Tuple[PyTree, Dict]:
+    with self.partitioner.context():
+      return self.jitted_train_step()(state, batch)
+
+  def jitted_train_step(self):
+    """The jitted (not yet compiled) train step; lower it inside `partitioner.context()`."""
     if self._train_step is None:
       model, tx, base_rng = self.model, self.tx, jax.random.PRNGKey(self.seed + 1)
       lr_fn = self.learning_rate_fn
@@ -105,8 +110,7 @@ class Trainer:
       self._train_step = jax.jit(
           step_fn, in_shardings=(self.state_shardings, self.partitioner.batch_sharding),
           out_shardings=(self.state_shardings, self.partitioner.replicated), donate_argnums=(0,))
-    with self.partitioner.context():
-      return self._train_step(state, batch)
+    return self._train_step
 
   def eval_step(self, params: PyTree, batch: Mapping[str, jax.Array]) -> Dict:
     if self._eval_step is None:
