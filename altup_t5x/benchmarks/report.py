@@ -635,14 +635,14 @@ def ablation_section(runs, fid):
   if len(qs) >= 2 and qs[0]['label'] == fid.ABLATION[0][0]:
     as_run, best = qs[0], min(qs, key=lambda r: r['base'])
     out.append(
-        f'Reading (generated from the rows above, seeds per row as listed): in the quickstart as '
-        f'run the baseline ends {as_run["base"] - as_run["bmin"]:.3f} above the lowest eval loss it '
+        f'Reading (generated from the rows above, seeds per row as listed): in the quickstart before '
+        f'the fix the baseline ends {as_run["base"] - as_run["bmin"]:.3f} above the lowest eval loss it '
         f'had reached during the run'
         + (', i.e. it trains unstably at that learning rate' if as_run['base'] - as_run['bmin'] > 0.05
            else '') + f', and AltUp K=2 '
         f'leads by {as_run["d"]:+.3f}. With the baseline at its best learning rate of those tried '
         f'at the same size ("{best["label"]}": baseline {best["base"]:.4f} vs {as_run["base"]:.4f} '
-        f'as run), AltUp\'s lead is {best["d"]:+.4f}. The quickstart\'s large gain is the '
+        f'before), AltUp\'s lead is {best["d"]:+.4f}. The quickstart\'s large gain is the '
         f'baseline\'s learning rate, not AltUp; the quickstart now trains both models at the '
         f'baseline\'s best (gin/runner/quickstart.gin).' if best is not as_run else
         'Reading: the quickstart\'s learning rate is also the baseline\'s best here.')
