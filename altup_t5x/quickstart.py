@@ -6,7 +6,9 @@ Both models use gin/t5_1_1/tiny.gin with the sizes of gin/runner/quickstart.gin 
 inputs 64 / targets 16, batch 16) on the embedded span-corruption task (offline; the vocabulary
 is trained on first use). Each is trained with the standalone runner (`altup_t5x.train.train`),
 evaluated on the validation split (`altup_t5x.eval.evaluate`), and decodes a few examples.
-Prints a table: validation cross-entropy per token and accuracy, median step time, parameters.
+Prints a table: validation cross-entropy per token and accuracy, median step time, parameters,
+and one line on what the table does and does not show. Both models train at the baseline's best
+peak learning rate at this size (0.03; see gin/runner/quickstart.gin).
 About 5 minutes on 2 CPU cores.
 """
 import argparse
@@ -69,6 +71,9 @@ def run(steps: int = 150, workdir: str = None, examples: int = 3, eval_batches: 
                  f'{ev["cross_ent_loss"]:>12.4f} | {ev["accuracy"]:>7.4f} | '
                  f'{1000 * tr["median_step_time_s"]:>7.1f}ms | {tr["wall_time_s"]:>9.1f}s |')
   print('\n' + '\n'.join(lines))
+  print(f'\nThis table: one seed of each model, the same batches and learning rate (peak 0.03, the '
+        f'baseline\'s best at this size), {steps} steps; it does not show a gain beyond seed noise, '
+        f'at each model\'s own best learning rate or with longer training (BENCHMARKS.md, "Fidelity").')
   print(f'\nTotal wall time: {time.time() - t0:.1f}s  (outputs under {workdir})')
   return results
 

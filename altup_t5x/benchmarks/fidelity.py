@@ -82,9 +82,9 @@ CLAIMS = {
 # The quickstart-vs-quality gap: (label, scale, schedule, peak lr, steps). 'rsqrt' is the schedule
 # shape above; 'constant' is the quality benchmark's flat learning rate.
 ABLATION = [
-    ('quickstart as run (d=128, peak 0.1 rsqrt, 150 steps)', 'quickstart', 'rsqrt', 0.1, 150),
+    ('quickstart before the fix (d=128, peak 0.1 rsqrt, 150 steps)', 'quickstart', 'rsqrt', 0.1, 150),
     ('quickstart, quality benchmark\'s LR (constant 0.01)', 'quickstart', 'constant', 0.01, 150),
-    ('quickstart, peak 0.03 rsqrt', 'quickstart', 'rsqrt', 0.03, 150),
+    ('quickstart now (peak 0.03 rsqrt)', 'quickstart', 'rsqrt', 0.03, 150),
     ('quickstart, peak 0.01 rsqrt', 'quickstart', 'rsqrt', 0.01, 150),
     ('quality benchmark as run (d=64, constant 0.01, 200 steps)', 'quality', 'constant', 0.01, 200),
     ('quality benchmark, quickstart\'s LR (peak 0.1 rsqrt)', 'quality', 'rsqrt', 0.1, 200),

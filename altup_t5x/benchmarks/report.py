@@ -603,11 +603,16 @@ def ablation_section(runs, fid):
          'The quickstart showed AltUp K=2 far ahead of the baseline; the quality benchmark showed a '
          'small gain. The two differ in width (d=128 vs 64), learning rate (peak 0.1 with T5X\'s '
          'rsqrt schedule vs constant 0.01), lengths/batch and steps. Each row trains both models '
-         f'({fid.ABLATION_SEEDS} seeds, same batches) in one of the settings; d = baseline minus '
-         'AltUp K=2 eval loss (positive: AltUp better).', '',
-         '| setting | baseline | AltUp K=2 | d by seed | mean d |', '|---|---:|---:|---|---:|']
+         f'(up to {fid.ABLATION_SEEDS} seeds, the same batches for both; the "d by seed" column '
+         'lists the seeds run) in one of the settings with the study\'s training loop; d = baseline '
+         'minus AltUp K=2 eval loss (positive: AltUp better).', '',
+         'Also shown: the lowest eval loss each model reached at any eval step of the run '
+         '(mean over seeds); a final loss far above it means the run was unstable at that LR.', '',
+         '| setting | baseline | AltUp K=2 | d by seed | mean d | baseline lowest | AltUp lowest |',
+         '|---|---:|---:|---|---:|---:|---:|']
+  rows = []
   for label, scale, schedule, lr, steps in fid.ABLATION:
-    bl, al, d = [], [], []
+    bl, al, d, bmin, amin = [], [], [], [], []
     for seed in range(fid.ABLATION_SEEDS):
       rb = runs.get(fid.run_name(scale, 'baseline', schedule, lr, seed, steps))
       ra = runs.get(fid.run_name(scale, 'altup_k2', schedule, lr, seed, steps))
@@ -615,12 +620,33 @@ def ablation_section(runs, fid):
         bl.append(rb['eval'][-1][2])
         al.append(ra['eval'][-1][2])
         d.append(bl[-1] - al[-1])
+        bmin.append(min(e[2] for e in rb['eval']))
+        amin.append(min(e[2] for e in ra['eval']))
     if not d:
-      out.append(f'| {label} | not yet run | not yet run | - | - |')
+      out.append(f'| {label} | not yet run | not yet run | - | - | - | - |')
       continue
     out.append(f'| {label} | {_mean_std(bl)[0]:.4f} | {_mean_std(al)[0]:.4f} | '
-               f'{" ".join(f"{x:+.4f}" for x in d)} | {_mean_std(d)[0]:+.4f} |')
+               f'{" ".join(f"{x:+.4f}" for x in d)} | {_mean_std(d)[0]:+.4f} | '
+               f'{_mean_std(bmin)[0]:.4f} | {_mean_std(amin)[0]:.4f} |')
+    rows.append(dict(label=label, scale=scale, base=_mean_std(bl)[0], d=_mean_std(d)[0],
+                     bmin=_mean_std(bmin)[0], n=len(d)))
   out.append('')
+  qs = [r for r in rows if r['scale'] == 'quickstart']
+  if len(qs) >= 2 and qs[0]['label'] == fid.ABLATION[0][0]:
+    as_run, best = qs[0], min(qs, key=lambda r: r['base'])
+    out.append(
+        f'Reading (generated from the rows above, seeds per row as listed): in the quickstart before '
+        f'the fix the baseline ends {as_run["base"] - as_run["bmin"]:.3f} above the lowest eval loss it '
+        f'had reached during the run'
+        + (', i.e. it trains unstably at that learning rate' if as_run['base'] - as_run['bmin'] > 0.05
+           else '') + f', and AltUp K=2 '
+        f'leads by {as_run["d"]:+.3f}. With the baseline at its best learning rate of those tried '
+        f'at the same size ("{best["label"]}": baseline {best["base"]:.4f} vs {as_run["base"]:.4f} '
+        f'before), AltUp\'s lead is {best["d"]:+.4f}. The quickstart\'s large gain is the '
+        f'baseline\'s learning rate, not AltUp; the quickstart now trains both models at the '
+        f'baseline\'s best (gin/runner/quickstart.gin).' if best is not as_run else
+        'Reading: the quickstart\'s learning rate is also the baseline\'s best here.')
+    out.append('')
   return '\n'.join(out)
 
 

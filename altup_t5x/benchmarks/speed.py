@@ -1,4 +1,14 @@
-"""Speed: train step, forward pass, cached decode step, memory and FLOPs of every variant."""
+"""Speed: train step, forward pass, cached decode step, memory and FLOPs of every variant.
+
+Method. Ratios are taken within one process: every variant is compiled first, then the timed
+rounds go round-robin over the variants (round r times `--steps` consecutive calls of each variant
+in turn), so a change of machine load hits all variants alike. The reported time is the median of
+all timed calls (rounds x steps >= 20) after one warm-up call per round; the spread is the min-max
+of the per-round medians. FLOPs and memory come from XLA's compiled executable:
+`cost_analysis()['flops']` and `memory_analysis()` (argument + output + temp - alias bytes, i.e.
+the buffers XLA's CPU backend allocates for one call: on CPU this is the executable's planned peak,
+not a measured resident set size).
+"""
 import os
 import statistics
 import time
