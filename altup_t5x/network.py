@@ -25,12 +25,13 @@ BLOCK_AXES = ('batch', 'length', 'altup_blocks', 'embed')
 EMBED_AXES = ('batch', 'length', 'embed')
 
 
-def _mlp(cfg: AltUpConfig, sparse: bool):
+def _mlp(cfg: AltUpConfig, sparse: bool, decoder: bool = False):
   if sparse:
     return moe.MoeMlp(num_experts=cfg.moe_num_experts, intermediate_dim=cfg.mlp_dim,
-                      routing=cfg.moe_routing, top_k=cfg.moe_top_k,
-                      capacity_factor=cfg.moe_capacity_factor, activations=cfg.mlp_activations,
-                      intermediate_dropout_rate=cfg.dropout_rate, dtype=cfg.dtype, name='mlp')
+                      routing=cfg.decoder_moe_routing if decoder else cfg.moe_routing,
+                      top_k=cfg.moe_top_k, capacity_factor=cfg.moe_capacity_factor,
+                      activations=cfg.mlp_activations, intermediate_dropout_rate=cfg.dropout_rate,
+                      dtype=cfg.dtype, causal=decoder, name='mlp')
   return layers.MlpBlock(intermediate_dim=cfg.mlp_dim, activations=cfg.mlp_activations,
                          intermediate_dropout_rate=cfg.dropout_rate, dtype=cfg.dtype, name='mlp')
 
@@ -131,7 +132,7 @@ class DecoderLayer(nn.Module):
 
   @nn.compact
   def __call__(self, inputs, encoded, decoder_mask=None, encoder_decoder_mask=None,
-               decoder_bias=None, deterministic=False, decode=False):
+               decoder_bias=None, deterministic=False, decode=False, decode_length=None):
     cfg = self.config
     attention = lambda name: layers.MultiHeadDotProductAttention(
         num_heads=cfg.num_heads, head_dim=cfg.head_dim, dtype=cfg.dtype,
@@ -145,7 +146,11 @@ class DecoderLayer(nn.Module):
                                                deterministic=deterministic)
     y = _dropout(cfg)(y, deterministic=deterministic) + x
     z = layers.RMSNorm(dtype=cfg.dtype, name='pre_mlp_layer_norm')(y)
-    z = _mlp(cfg, self.sparse)(z, deterministic=deterministic)
+    if self.sparse:  # causal routing; decoding continues the slot assignment from the cache
+      z = _mlp(cfg, True, decoder=True)(z, deterministic=deterministic, decode=decode,
+                                        decode_length=decode_length)
+    else:
+      z = _mlp(cfg, False)(z, deterministic=deterministic)
     z = _dropout(cfg)(z, deterministic=deterministic) + y
     return with_sharding_constraint(z, EMBED_AXES)
 
@@ -275,7 +280,7 @@ class Decoder(AltUpStack):
     layer_modules = [DecoderLayer(cfg, cfg.is_sparse_layer(i), name=f'layers_{i}')
                      for i in range(self.num_layers)]
     y = self.run_layers(y, lambda i, h: layer_modules[i](
-        h, encoded, decoder_mask, encoder_decoder_mask, bias, deterministic, decode))
+        h, encoded, decoder_mask, encoder_decoder_mask, bias, deterministic, decode, length))
     y = self.finish(y, deterministic)
     if cfg.logits_via_embedding:
       logits = self.shared_embedding.attend(y) / jnp.sqrt(y.shape[-1]).astype(cfg.dtype)
