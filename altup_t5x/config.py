@@ -142,6 +142,10 @@ class AltUpConfig:
     moe_num_experts: 0 (dense everywhere) or the number of experts E of the sparse layers.
     moe_every: every moe_every-th layer (1-based: layers moe_every-1, 2*moe_every-1, ...) is sparse.
     moe_routing: 'top_k' (token choice; moe_top_k=1 is Switch routing) or 'expert_choice'.
+    moe_decoder_routing: the decoder's routing; None: moe_routing. Only 'top_k' is allowed where
+      the decoder has MoE layers: expert choice is not causal (an expert picks among all positions,
+      so a token's output would depend on later tokens). Expert choice in the encoder with a
+      token-choice decoder: moe_routing='expert_choice', moe_decoder_routing='top_k'.
     moe_top_k: experts per token for token-choice routing.
     moe_capacity_factor: expert capacity = ceil(capacity_factor * tokens_per_group * top_k / E).
     moe_aux_loss_coef, moe_z_loss_coef: weights of the load-balancing and router z-losses.
@@ -178,6 +182,7 @@ class AltUpConfig:
   moe_num_experts: int = 0
   moe_every: int = 2
   moe_routing: str = 'top_k'
+  moe_decoder_routing: Optional[str] = None
   moe_top_k: int = 1
   moe_capacity_factor: float = 1.25
   moe_aux_loss_coef: float = 1e-2
@@ -222,6 +227,16 @@ class AltUpConfig:
       raise ConfigError('AltUpConfig.moe_num_experts=1 is not a mixture; use 0 (dense) or >= 2.')
     _check_int('moe_every', self.moe_every, 1)
     _check_choice('moe_routing', self.moe_routing, MOE_ROUTINGS)
+    if self.moe_decoder_routing is not None:
+      _check_choice('moe_decoder_routing', self.moe_decoder_routing, MOE_ROUTINGS)
+    if (self.decoder_moe_routing == 'expert_choice' and
+        any(self.is_sparse_layer(i) for i in range(self.num_decoder_layers))):
+      raise ConfigError(
+          f"AltUpConfig.moe_routing={self.moe_routing!r}, moe_decoder_routing="
+          f"{self.moe_decoder_routing!r} would use expert-choice routing in the decoder's MoE "
+          "layers, which is not causal (each expert picks its tokens among all positions, so a "
+          "token's output depends on later tokens and cached decoding cannot reproduce training). "
+          "Expert choice is for the encoder: set moe_decoder_routing='top_k'.")
     _check_int('moe_top_k', self.moe_top_k, 1)
     if self.moe_num_experts and self.moe_top_k > self.moe_num_experts:
       raise ConfigError(f'AltUpConfig.moe_top_k={self.moe_top_k} exceeds moe_num_experts='
@@ -268,6 +283,11 @@ class AltUpConfig:
   def widened_dim(self) -> int:
     """Width of the AltUp-widened representation, K * emb_dim."""
     return self.emb_dim * self.altup_k
+
+  @property
+  def decoder_moe_routing(self) -> str:
+    """The routing of the decoder's MoE layers."""
+    return self.moe_routing if self.moe_decoder_routing is None else self.moe_decoder_routing
 
   def is_sparse_layer(self, layer_index: int) -> bool:
     """Whether a layer's MLP is a mixture of experts."""

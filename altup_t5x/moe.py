@@ -3,12 +3,18 @@
 Routing is done within groups of tokens (one group = one sequence of the batch, [g, n, d]):
 
 - token choice, top-k (k=1 is Switch routing, Fedus et al. 2021): each token picks its k most
-  probable experts; an expert holds at most C = ceil(capacity_factor * n * k / E) tokens, filled
-  first by every token's first choice in sequence order, then by second choices, ...; tokens beyond
-  capacity are dropped (their MLP output is zero, the residual carries them). Gates are the router
-  probabilities, renormalised over the chosen experts when k > 1.
+  probable experts; an expert holds at most C = ceil(capacity_factor * n * k / E) tokens; tokens
+  beyond capacity are dropped (their MLP output is zero, the residual carries them). In the encoder
+  the slots go first to every token's first choice in sequence order, then to second choices, ...;
+  in the decoder (`causal=True`) they go in position order, each token's choices together, so a
+  token's routing never depends on a later token, and cached decoding continues the same slot
+  assignment from per-row expert fill counts kept in the 'cache' collection: a one-token decode
+  step drops exactly what the teacher-forced pass drops. Gates are the router probabilities,
+  renormalised over the chosen experts when k > 1.
 - expert choice (Zhou et al. 2022): each expert picks its C = ceil(capacity_factor * n / E) most
-  probable tokens; gates are the router probabilities.
+  probable tokens; gates are the router probabilities. Encoder only: an expert choosing among all
+  positions makes a token's output depend on later tokens, which a decoder must not
+  (`AltUpConfig` refuses it there).
 
 Auxiliary losses, returned by the routing functions and sown (unweighted) by `MoeMlp` into the
 'intermediates' collection under the names T5X's `t5x.contrib.moe.models.MoeEncoderDecoderModel`
@@ -22,7 +28,7 @@ uses `aux_losses`, which weighs them the same way (mean over MoE layers times a 
 Shapes: g groups, n tokens per group, e experts, c capacity, d model, m mlp width.
 """
 import math
-from typing import Tuple
+from typing import Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -52,9 +58,18 @@ def load_balancing_loss(probs, first_choice):
   return jnp.mean(jnp.sum(fraction * mean_prob, axis=-1)) * num_experts
 
 
-def top_k_routing(logits, top_k: int, expert_capacity: int):
+def top_k_routing(logits, top_k: int, expert_capacity: int, causal: bool = False, filled=None):
   """Token-choice routing. logits [g, n, e] -> (dispatch [g, n, e, c] bool, combine [g, n, e, c],
-  load-balancing loss)."""
+  load-balancing loss).
+
+  The capacity slots of an expert are filled in one of two orders:
+  - causal=False (encoder): every token's first choice in sequence order, then every second
+    choice, ... (first choices have priority, as in GShard/Switch);
+  - causal=True (decoder): in position order, each token's k choices together, so whether a token
+    is dropped depends only on itself and the tokens before it.
+  filled [g, e] (cached decoding, implies causal): tokens the group's experts already hold from
+  earlier steps; the buffer then has c = min(expert_capacity, n) slots, indexed from `filled`.
+  """
   probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
   g, n, e = probs.shape
   remaining = probs
@@ -67,19 +82,27 @@ def top_k_routing(logits, top_k: int, expert_capacity: int):
   if top_k > 1:
     total = sum(gates)
     gates = [gate / total for gate in gates]
-  dispatch = jnp.zeros((g, n, e, expert_capacity), bool)
-  combine = jnp.zeros((g, n, e, expert_capacity), jnp.float32)
-  filled = jnp.zeros((g, e), jnp.int32)  # tokens already placed in each expert
-  for choice, gate in zip(experts, gates):
-    onehot = jax.nn.one_hot(choice, e, dtype=jnp.int32)  # [g, n, e]
-    position = jnp.cumsum(onehot, axis=1) - 1 + filled[:, None, :]  # slot in the expert's buffer
-    position = jnp.sum(position * onehot, axis=-1)  # [g, n]
-    kept = position < expert_capacity
-    slot = jax.nn.one_hot(jnp.where(kept, position, expert_capacity), expert_capacity + 1)[..., :-1]
+  onehots = [jax.nn.one_hot(choice, e, dtype=jnp.int32) for choice in experts]  # [g, n, e] each
+  buffer = expert_capacity if filled is None else min(expert_capacity, n)
+  if causal or filled is not None:
+    chosen = sum(onehots)  # a token's choices are distinct experts: 0/1
+    before = jnp.cumsum(chosen, axis=1) - chosen  # this call's earlier tokens in each expert
+    start = jnp.zeros((g, e), jnp.int32) if filled is None else filled
+  dispatch = jnp.zeros((g, n, e, buffer), bool)
+  combine = jnp.zeros((g, n, e, buffer), jnp.float32)
+  so_far = jnp.zeros((g, e), jnp.int32)  # non-causal order: slots taken by earlier choices
+  for onehot, gate in zip(onehots, gates):
+    if causal or filled is not None:
+      index = jnp.sum(before * onehot, axis=-1)  # [g, n], the slot in this call's buffer
+      kept = index + jnp.sum(start[:, None, :] * onehot, axis=-1) < expert_capacity
+    else:
+      index = jnp.sum((jnp.cumsum(onehot, axis=1) - 1 + so_far[:, None, :]) * onehot, axis=-1)
+      kept = index < expert_capacity
+      so_far = so_far + jnp.sum(onehot, axis=1)
+    slot = jax.nn.one_hot(jnp.where(kept, index, buffer), buffer + 1)[..., :-1]
     mask = onehot[..., None].astype(bool) & slot[:, :, None, :].astype(bool)  # [g, n, e, c]
     dispatch = dispatch | mask
     combine = combine + mask * gate[..., None, None]
-    filled = filled + jnp.sum(onehot, axis=1)
   return dispatch, combine, load_balancing_loss(probs, experts[0])
 
 
@@ -108,21 +131,39 @@ class MoeMlp(nn.Module):
   activations: Tuple[str, ...] = ('gelu', 'linear')
   intermediate_dropout_rate: float = 0.1
   dtype: jnp.dtype = jnp.float32
+  causal: bool = False  # decoder: routing of a token may not depend on later tokens
 
   @nn.compact
-  def __call__(self, inputs, deterministic: bool = False):
+  def __call__(self, inputs, deterministic: bool = False, decode: bool = False,
+               decode_length: Optional[int] = None):
+    """decode=True (cached decoding, T5X's convention): the first call, on the full length, only
+    creates the cache; later calls route one step's tokens, continuing the slot assignment of the
+    earlier steps from the cached expert fill counts, with the capacity of a decode_length group.
+    So cached decoding drops exactly the tokens the teacher-forced pass drops."""
     e, m = self.num_experts, self.intermediate_dim
     g, n, d = inputs.shape
     router = layers.param_with_axes('router', nn.initializers.normal(2e-2), (d, e), jnp.float32,
                                     axes=('embed', 'unmodeled'))
     logits = jnp.einsum('gnd,de->gne', inputs.astype(jnp.float32), router)
     if self.routing == 'expert_choice':
+      if self.causal or decode:
+        raise ValueError('expert-choice routing is not causal: use it in the encoder only.')
       dispatch, combine, balance = expert_choice_routing(
           logits, capacity(n, e, self.capacity_factor))
+      expert_capacity = dispatch.shape[-1]
     else:
-      dispatch, combine, balance = top_k_routing(
-          logits, self.top_k, capacity(n, e, self.capacity_factor, self.top_k))
-    expert_capacity = dispatch.shape[-1]
+      filled = None
+      if decode:
+        stepping = self.has_variable('cache', 'expert_counts')
+        counts = self.variable('cache', 'expert_counts', jnp.zeros, (g, e), jnp.int32)
+        if stepping:
+          filled = counts.value
+      group = n if filled is None else (decode_length or n)
+      expert_capacity = capacity(group, e, self.capacity_factor, self.top_k)
+      dispatch, combine, balance = top_k_routing(logits, self.top_k, expert_capacity,
+                                                 self.causal or decode, filled)
+      if filled is not None:
+        counts.value = filled + jnp.sum(dispatch, axis=(1, 3)).astype(jnp.int32)
     routed = jnp.any(dispatch, axis=(2, 3))  # [g, n]
     metrics = {
         'auxiliary_loss': balance,

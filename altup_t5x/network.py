@@ -51,12 +51,13 @@ BLOCK_AXES = ('batch', 'length', 'altup_blocks', 'embed')
 EMBED_AXES = ('batch', 'length', 'embed')
 
 
-def _mlp(cfg: AltUpConfig, sparse: bool):
+def _mlp(cfg: AltUpConfig, sparse: bool, decoder: bool = False):
   if sparse:
     return moe.MoeMlp(num_experts=cfg.moe_num_experts, intermediate_dim=cfg.mlp_dim,
-                      routing=cfg.moe_routing, top_k=cfg.moe_top_k,
-                      capacity_factor=cfg.moe_capacity_factor, activations=cfg.mlp_activations,
-                      intermediate_dropout_rate=cfg.dropout_rate, dtype=cfg.dtype, name='mlp')
+                      routing=cfg.decoder_moe_routing if decoder else cfg.moe_routing,
+                      top_k=cfg.moe_top_k, capacity_factor=cfg.moe_capacity_factor,
+                      activations=cfg.mlp_activations, intermediate_dropout_rate=cfg.dropout_rate,
+                      dtype=cfg.dtype, causal=decoder, name='mlp')
   return layers.MlpBlock(intermediate_dim=cfg.mlp_dim, activations=cfg.mlp_activations,
                          intermediate_dropout_rate=cfg.dropout_rate, dtype=cfg.dtype, name='mlp')
 
@@ -157,7 +158,7 @@ class DecoderLayer(nn.Module):
 
   @nn.compact
   def __call__(self, inputs, encoded, decoder_mask=None, encoder_decoder_mask=None,
-               decoder_bias=None, deterministic=False, decode=False):
+               decoder_bias=None, deterministic=False, decode=False, decode_length=None):
     cfg = self.config
     attention = lambda name: layers.MultiHeadDotProductAttention(
         num_heads=cfg.num_heads, head_dim=cfg.head_dim, dtype=cfg.dtype,
@@ -171,7 +172,11 @@ class DecoderLayer(nn.Module):
                                                deterministic=deterministic)
     y = _dropout(cfg)(y, deterministic=deterministic) + x
     z = layers.RMSNorm(dtype=cfg.dtype, name='pre_mlp_layer_norm')(y)
-    z = _mlp(cfg, self.sparse)(z, deterministic=deterministic)
+    if self.sparse:  # causal routing; decoding continues the slot assignment from the cache
+      z = _mlp(cfg, True, decoder=True)(z, deterministic=deterministic, decode=decode,
+                                        decode_length=decode_length)
+    else:
+      z = _mlp(cfg, False)(z, deterministic=deterministic)
     z = _dropout(cfg)(z, deterministic=deterministic) + y
     return with_sharding_constraint(z, EMBED_AXES)
 
@@ -240,13 +245,14 @@ def encoder_layers(cfg: AltUpConfig, x, num_layers: int, mask, bias, segment_ids
 
 
 def decoder_layers(cfg: AltUpConfig, y, num_layers: int, encoded, decoder_mask,
-                   encoder_decoder_mask, bias, deterministic: bool, decode: bool):
+                   encoder_decoder_mask, bias, deterministic: bool, decode: bool,
+                   decode_length=None):
   """Decoder layers 0..num_layers-1 (`layers_{i}`, `altup_{i}`) built in the calling module."""
-  layer_cls = _remat(cfg, DecoderLayer, static_argnums=(5, 6))
+  layer_cls = _remat(cfg, DecoderLayer, static_argnums=(5, 6, 7))
   layer_modules = [layer_cls(cfg, cfg.is_sparse_layer(i), name=f'layers_{i}')
                    for i in range(num_layers)]
   return run_layers(cfg, y, num_layers, lambda i, h: layer_modules[i](
-      h, encoded, decoder_mask, encoder_decoder_mask, bias, deterministic, decode))
+      h, encoded, decoder_mask, encoder_decoder_mask, bias, deterministic, decode, decode_length))
 
 
 class EncoderLayerGroup(nn.Module):
@@ -267,9 +273,10 @@ class DecoderLayerGroup(nn.Module):
   num_layers: int = 1
 
   @nn.compact
-  def __call__(self, y, encoded, decoder_mask, encoder_decoder_mask, bias, deterministic, decode):
+  def __call__(self, y, encoded, decoder_mask, encoder_decoder_mask, bias, deterministic, decode,
+               decode_length=None):
     return decoder_layers(self.config, y, self.num_layers, encoded, decoder_mask,
-                          encoder_decoder_mask, bias, deterministic, decode), None
+                          encoder_decoder_mask, bias, deterministic, decode, decode_length), None
 
 
 def scanned(module: nn.Module, group_cls, stack_layers: int, num_args: int, **attrs):
@@ -377,12 +384,13 @@ class Decoder(AltUpStack):
         dtype=cfg.dtype, name='relpos_bias')(length, length, False)
     y = self.embed(decoder_input_tokens, deterministic)
     if cfg.scan_layers:
-      y, _ = scanned(self, DecoderLayerGroup, self.num_layers, 6,
+      y, _ = scanned(self, DecoderLayerGroup, self.num_layers, 7,
                      num_layers=cfg.layer_period(encoder=False))(
-                         y, encoded, decoder_mask, encoder_decoder_mask, bias, deterministic, decode)
+                         y, encoded, decoder_mask, encoder_decoder_mask, bias, deterministic, decode,
+                         length)
     else:
       y = decoder_layers(cfg, y, self.num_layers, encoded, decoder_mask, encoder_decoder_mask,
-                         bias, deterministic, decode)
+                         bias, deterministic, decode, length)
     y = self.finish(y, deterministic)
     if cfg.logits_via_embedding:
       logits = self.shared_embedding.attend(y) / jnp.sqrt(y.shape[-1]).astype(cfg.dtype)

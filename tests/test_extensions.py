@@ -124,7 +124,7 @@ def test_encoder_with_stride_2_runs_layers_on_half_the_positions():
 
 
 # ---------------------------------------------------------------- Mixture of experts
-def np_top_k_routing(logits, k, capacity):
+def np_top_k_routing(logits, k, capacity, causal=False):
   g, n, e = logits.shape
   probs = np.exp(logits - logits.max(-1, keepdims=True))
   probs /= probs.sum(-1, keepdims=True)
@@ -136,13 +136,15 @@ def np_top_k_routing(logits, k, capacity):
     if k > 1:
       gates = gates / gates.sum(-1, keepdims=True)
     fill = np.zeros(e, int)
-    for choice in range(k):  # first choices of all tokens, then second choices
-      for t in range(n):
-        ex = order[t, choice]
-        if fill[ex] < capacity:
-          dispatch[gi, t, ex, fill[ex]] = True
-          combine[gi, t, ex, fill[ex]] = gates[t, choice]
-        fill[ex] += 1
+    # Encoder: first choices of all tokens, then second choices; causal: token by token.
+    visits = ([(t, c) for t in range(n) for c in range(k)] if causal else
+              [(t, c) for c in range(k) for t in range(n)])
+    for t, choice in visits:
+      ex = order[t, choice]
+      if fill[ex] < capacity:
+        dispatch[gi, t, ex, fill[ex]] = True
+        combine[gi, t, ex, fill[ex]] = gates[t, choice]
+      fill[ex] += 1
   top1 = np.argmax(probs, -1)
   f = np.stack([(top1 == ex).mean(1) for ex in range(e)], -1)
   balance = (f * probs.mean(1)).sum(-1).mean() * e
@@ -150,15 +152,33 @@ def np_top_k_routing(logits, k, capacity):
 
 
 @pytest.mark.parametrize('k,capacity', [(1, 2), (1, 5), (2, 3), (2, 8)])
-def test_top_k_routing_matches_numpy(k, capacity):
+@pytest.mark.parametrize('causal', [False, True])
+def test_top_k_routing_matches_numpy(k, capacity, causal):
   logits = np.random.RandomState(k * 7 + capacity).randn(3, 8, 4).astype(np.float32)
-  dispatch, combine, balance = moe.top_k_routing(jnp.asarray(logits), k, capacity)
-  d_ref, c_ref, b_ref = np_top_k_routing(logits.astype(np.float64), k, capacity)
+  dispatch, combine, balance = moe.top_k_routing(jnp.asarray(logits), k, capacity, causal)
+  d_ref, c_ref, b_ref = np_top_k_routing(logits.astype(np.float64), k, capacity, causal)
   np.testing.assert_array_equal(np.asarray(dispatch), d_ref)
   np.testing.assert_allclose(np.asarray(combine), c_ref, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(float(balance), b_ref, rtol=1e-5)
   if capacity == 2:  # 8 tokens, 4 experts of 2 slots: only balanced routing keeps them all
     assert np.asarray(dispatch).sum() <= 3 * 4 * 2
+
+
+@pytest.mark.parametrize('k,capacity', [(1, 2), (2, 3), (2, 20)])
+def test_causal_routing_step_by_step_equals_whole_sequence(k, capacity):
+  """Cached decoding: routing one token at a time from the cached fill counts keeps and gates
+  exactly what causal routing of the whole sequence does."""
+  logits = jnp.asarray(np.random.RandomState(k + capacity).randn(3, 9, 4), jnp.float32)
+  dispatch, combine, _ = moe.top_k_routing(logits, k, capacity, causal=True)
+  assert (capacity >= 9) or not np.asarray(dispatch.any((2, 3))).all()  # small capacity drops
+  filled = jnp.zeros((3, 4), jnp.int32)
+  for t in range(9):
+    d, c, _ = moe.top_k_routing(logits[:, t:t + 1], k, capacity, filled=filled)
+    assert d.shape == (3, 1, 4, 1)
+    np.testing.assert_array_equal(np.asarray(d.any(-1)), np.asarray(dispatch[:, t:t + 1].any(-1)))
+    np.testing.assert_allclose(np.asarray(c.sum(-1)), np.asarray(combine[:, t:t + 1].sum(-1)),
+                               rtol=1e-6)
+    filled = filled + jnp.sum(d, axis=(1, 3)).astype(jnp.int32)
 
 
 def test_expert_choice_routing_matches_numpy():
