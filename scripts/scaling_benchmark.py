@@ -4,6 +4,7 @@
     nice -n 19 python scripts/scaling_benchmark.py memory --sizes base large       # XLA temporaries
     nice -n 19 python scripts/scaling_benchmark.py step                            # step times, small
     nice -n 19 python scripts/scaling_benchmark.py sweep --sizes large base           # both first
+    nice -n 19 python scripts/scaling_benchmark.py embedding                       # one-hot vs gather
 
 Each part prints a table and appends its rows to benchmarks/scaling.csv (--csv).
 
@@ -200,9 +201,37 @@ def run_step(args):
   return rows
 
 
+def run_embedding(args):
+  """The token lookup alone (forward + gradient), one-hot matmul vs gather, T5.1.1-small table."""
+  from altup_t5x import layers  # pylint: disable=g-import-not-at-top
+  vocab, width, shape = 32128, 512, (2, 128)
+  tokens = jax.random.randint(jax.random.PRNGKey(0), shape, 0, vocab)
+  rows, med = [], {}
+  for one_hot in (False, True):
+    module = layers.Embed(vocab, width, one_hot=one_hot)
+    params = module.init(jax.random.PRNGKey(0), tokens)
+    fn = jax.jit(jax.grad(lambda p: jnp.sum(module.apply(p, tokens) ** 2)))
+    jax.block_until_ready(fn(params))
+    times = []
+    for _ in range(args.rounds * args.steps):
+      t0 = time.perf_counter()
+      jax.block_until_ready(fn(params))
+      times.append(time.perf_counter() - t0)
+    med[one_hot] = statistics.median(times)
+    rows.append(dict(part='embedding', size='small', variant='lookup_only',
+                     one_hot_embedding=one_hot, batch=shape[0], inputs=shape[1],
+                     step_ms=1e3 * med[one_hot], step_ms_min=1e3 * min(times),
+                     step_ms_max=1e3 * max(times)))
+    print(f'embedding {vocab} x {width}, tokens {shape}, one_hot={one_hot!s:5s}: '
+          f'{1e3 * med[one_hot]:.1f} ms (fwd + grad)', flush=True)
+  print(f'one-hot / gather = {med[True] / med[False]:.1f}x')
+  append_csv(args.csv, rows)
+  return rows
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('part', choices=('compile', 'memory', 'step', 'sweep'))
+  parser.add_argument('part', choices=('compile', 'memory', 'step', 'sweep', 'embedding'))
   parser.add_argument('--cases', type=int, default=6, help='sweep: how many of its 6 cases')
   parser.add_argument('--sizes', nargs='+', default=['base', 'large', 'xl'])
   parser.add_argument('--variants', nargs='+', default=['baseline'], choices=sorted(VARIANTS))
@@ -210,7 +239,8 @@ def main(argv=None):
   parser.add_argument('--steps', type=int, default=4)
   parser.add_argument('--csv', default=os.path.join(bm.ROOT, 'benchmarks', 'scaling.csv'))
   args = parser.parse_args(argv)
-  {'compile': run_compile, 'memory': run_memory, 'step': run_step, 'sweep': run_sweep}[
+  {'compile': run_compile, 'memory': run_memory, 'step': run_step, 'sweep': run_sweep,
+   'embedding': run_embedding}[
       args.part](args)
 
 
