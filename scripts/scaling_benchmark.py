@@ -15,7 +15,9 @@ so no parameter is ever allocated (XL included). `compile`: seconds to lower and
 vs unrolled, in one process. `memory`: XLA's temporary bytes of the compiled step
 (`memory_analysis().temp_size_in_bytes`) per remat policy, scanned and unrolled. `step`: step time
 of real steps at T5.1.1-small (batch 2 x 128/32, as scripts/benchmark.py's 'small' shape), median
-of round-robin timed calls over the variants, so machine load hits all alike.
+of round-robin timed calls over the variants, so machine load hits all alike. Note: XLA's
+`cost_analysis()` counts a while loop's body once, so the 'flops' column of scanned rows is not the
+step's FLOPs (use the unrolled row's).
 """
 import argparse
 import csv
