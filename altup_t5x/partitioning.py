@@ -11,6 +11,10 @@ Every parameter and main activation carries logical axis names. The T5.1.1 part 
 | altup_embed_out  | output axis of `altup_reduce` [K, d, d]             | none      | COLUMN    |
 | altup_router     | router output of dynamic coefficients (size K)      | none      | NONE      |
 
+Scanned stacks (AltUpConfig.scan_layers) stack parameters on T5X's own 'layers' axis: replicated
+(`standard_logical_axis_rules` below, as T5X's) and factored as BATCH by T5X's standard Adafactor
+rules, so every stacked AltUp parameter keeps a valid spec (BATCH mixes with ROW/COLUMN or NONE).
+
 The K axis is tiny (2-4) and every block of a token is needed by every layer, so it is replicated;
 the coefficients are K^2 + K scalars, too small to factor (with no ROW/COLUMN axis T5X keeps them
 unfactored). 'altup_blocks' is BATCH, as T5X marks 'layers': the [K, d, d] projection is then

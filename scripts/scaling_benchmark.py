@@ -1,0 +1,248 @@
+"""Benchmarks of the scaling options (issue 9): scan_layers, remat_policy, one_hot_embedding.
+
+    nice -n 19 python scripts/scaling_benchmark.py compile --sizes base large xl   # compile time
+    nice -n 19 python scripts/scaling_benchmark.py memory --sizes base large       # XLA temporaries
+    nice -n 19 python scripts/scaling_benchmark.py step                            # step times, small
+    nice -n 19 python scripts/scaling_benchmark.py sweep --sizes large base           # both first
+    nice -n 19 python scripts/scaling_benchmark.py embedding                       # one-hot vs gather
+
+Each part prints a table and appends its rows to benchmarks/scaling.csv (--csv).
+
+Method (as scripts/benchmark.py): the train step is the runner's (loss, gradients, Adafactor update)
+on one CPU device, float32, batch 8 x 512/114 (T5X's anchor setup for scalable_t5), compiled ahead
+of time (`jax.jit(step).lower(...).compile()`) on `jax.eval_shape`d parameters and optimizer state,
+so no parameter is ever allocated (XL included). `compile`: seconds to lower and to compile, scanned
+vs unrolled, in one process. `memory`: XLA's temporary bytes of the compiled step
+(`memory_analysis().temp_size_in_bytes`) per remat policy, scanned and unrolled. `step`: step time
+of real steps at T5.1.1-small (batch 2 x 128/32, as scripts/benchmark.py's 'small' shape), median
+of round-robin timed calls over the variants, so machine load hits all alike.
+"""
+import argparse
+import csv
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout first
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import benchmark as bm  # pylint: disable=g-import-not-at-top
+
+import jax  # pylint: disable=g-import-not-at-top
+import jax.numpy as jnp
+
+from altup_t5x.config import AltUpConfig
+from altup_t5x.network import Transformer
+
+VARIANTS = {'baseline': {}, 'altup_k2': dict(altup_k=2), 'altup_k4': dict(altup_k=4)}
+COLUMNS = ['part', 'size', 'variant', 'scan_layers', 'remat_policy', 'one_hot_embedding', 'batch',
+           'inputs', 'targets', 'lower_s', 'compile_s', 'temp_bytes', 'peak_bytes', 'flops',
+           'step_ms', 'step_ms_min', 'step_ms_max']
+
+
+def config(size, variant, vocab_size=32128, **overrides):
+  return AltUpConfig.from_size(size, vocab_size=vocab_size, dropout_rate=0.0,
+                               dtype='float32', **VARIANTS[variant], **overrides)
+
+
+def abstract_args(cfg, batch, inputs, targets):
+  """ShapeDtypeStructs of (params, opt_state, batch, rng): nothing allocated."""
+  module = Transformer(cfg)
+  tokens = lambda l: jax.ShapeDtypeStruct((batch, l), jnp.int32)
+  data = {'encoder_input_tokens': tokens(inputs), 'decoder_input_tokens': tokens(targets),
+          'decoder_target_tokens': tokens(targets)}
+  params = jax.eval_shape(lambda: module.init(
+      jax.random.PRNGKey(0), jnp.ones((1, inputs), jnp.int32), jnp.ones((1, targets), jnp.int32),
+      jnp.ones((1, targets), jnp.int32), enable_dropout=False)['params'])
+  optimizer = bm.make_optimizer()
+  opt_state = jax.eval_shape(optimizer.init, params)
+  rng = jax.eval_shape(lambda: jax.random.PRNGKey(0))
+  return module, optimizer, (params, opt_state, data, rng)
+
+
+def aot(cfg, batch=8, inputs=512, targets=114):
+  module, optimizer, args = abstract_args(cfg, batch, inputs, targets)
+  step = jax.jit(bm.make_train_step(module, optimizer), donate_argnums=(0, 1))
+  t0 = time.perf_counter()
+  lowered = step.lower(*args)
+  t1 = time.perf_counter()
+  compiled = lowered.compile()
+  t2 = time.perf_counter()
+  stats = bm.compiled_stats(compiled)
+  return dict(lower_s=t1 - t0, compile_s=t2 - t1, temp_bytes=stats['temp_bytes'],
+              peak_bytes=stats['peak_bytes'], flops=stats['flops'])
+
+
+def row(part, size, variant, cfg, shape, **values):
+  out = dict(part=part, size=size, variant=variant, scan_layers=cfg.scan_layers,
+             remat_policy=cfg.remat_policy, one_hot_embedding=cfg.one_hot_embedding, **shape)
+  out.update(values)
+  return out
+
+
+def append_csv(path, rows):
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  new = not os.path.exists(path)
+  with open(path, 'a', newline='') as f:
+    writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction='ignore')
+    if new:
+      writer.writeheader()
+    writer.writerows(rows)
+
+
+def run_compile(args):
+  shape = dict(batch=8, inputs=512, targets=114)
+  rows = []
+  for size in args.sizes:
+    for variant in args.variants:
+      pair = {}
+      for scan in (False, True):
+        cfg = config(size, variant, scan_layers=scan)
+        r = aot(cfg, **shape)
+        pair[scan] = r['lower_s'] + r['compile_s']
+        rows.append(row('compile', size, variant, cfg, shape, **r))
+        print(f'{size:6s} {variant:9s} scan={scan!s:5s} lower {r["lower_s"]:6.1f}s compile '
+              f'{r["compile_s"]:6.1f}s temp {r["temp_bytes"] / 2**30:6.2f} GiB', flush=True)
+        append_csv(args.csv, rows[-1:])
+      print(f'{size:6s} {variant:9s} scanned / unrolled (lower + compile) = '
+            f'{pair[True] / pair[False]:.2f}x', flush=True)
+  return rows
+
+
+def run_memory(args):
+  shape = dict(batch=8, inputs=512, targets=114)
+  rows = []
+  for size in args.sizes:
+    for variant in args.variants:
+      for scan in (True, False):
+        temps = {}
+        for policy in ('none', 'minimal', 'full'):
+          cfg = config(size, variant, scan_layers=scan, remat_policy=policy)
+          r = aot(cfg, **shape)
+          temps[policy] = r['temp_bytes']
+          rows.append(row('memory', size, variant, cfg, shape, **r))
+          append_csv(args.csv, rows[-1:])
+          print(f'{size:6s} {variant:9s} scan={scan!s:5s} remat={policy:8s} temp '
+                f'{r["temp_bytes"] / 2**30:7.2f} GiB ({r["temp_bytes"] / temps["none"]:.2f}x '
+                f'of none)  compile {r["lower_s"] + r["compile_s"]:.1f}s', flush=True)
+  return rows
+
+
+def run_sweep(args):
+  """compile + memory in one pass per size: unrolled/scanned x remat none/full (then minimal)."""
+  shape = dict(batch=8, inputs=512, targets=114)
+  rows = []
+  for size in args.sizes:
+    for variant in args.variants:
+      res = {}
+      for scan, policy in ((False, 'none'), (True, 'none'), (True, 'full'), (False, 'full'),
+                           (True, 'minimal'), (False, 'minimal'))[:args.cases]:
+        cfg = config(size, variant, scan_layers=scan, remat_policy=policy)
+        r = aot(cfg, **shape)
+        res[scan, policy] = r
+        rows.append(row('sweep', size, variant, cfg, shape, **r))
+        append_csv(args.csv, rows[-1:])
+        none = res.get((scan, 'none'), r)
+        print(f'{size:6s} {variant:9s} scan={scan!s:5s} remat={policy:8s} lower {r["lower_s"]:6.1f}s '
+              f'compile {r["compile_s"]:6.1f}s temp {r["temp_bytes"] / 2**30:7.2f} GiB '
+              f'({r["temp_bytes"] / none["temp_bytes"]:.2f}x of none)', flush=True)
+        if (False, 'none') in res and (True, 'none') in res and scan and policy == 'none':
+          total = lambda x: x['lower_s'] + x['compile_s']
+          print(f'{size:6s} {variant:9s} scanned / unrolled (lower + compile) = '
+                f'{total(res[True, "none"]) / total(res[False, "none"]):.2f}x', flush=True)
+  return rows
+
+
+def run_step(args):
+  shape = dict(batch=2, inputs=128, targets=32)
+  cases = {
+      'unrolled': dict(),
+      'scanned': dict(scan_layers=True),
+      'remat_minimal': dict(remat_policy='minimal'),
+      'remat_full': dict(remat_policy='full'),
+      'scanned_remat_full': dict(scan_layers=True, remat_policy='full'),
+      'one_hot': dict(one_hot_embedding=True),
+  }
+  rows = []
+  for variant in args.variants:
+    timed = {}
+    for name, overrides in cases.items():
+      cfg = config('small', variant, **overrides)
+      module = Transformer(cfg)
+      optimizer = bm.make_optimizer()
+      rng = jax.random.PRNGKey(0)
+      data = bm.random_batch(rng, cfg.vocab_size, **shape)
+      params = module.init(rng, data['encoder_input_tokens'][:1], data['decoder_input_tokens'][:1],
+                           data['decoder_target_tokens'][:1], enable_dropout=False)['params']
+      state = [params, optimizer.init(params), data, rng]
+      fn = jax.jit(bm.make_train_step(module, optimizer), donate_argnums=(0, 1))
+      out = fn(*state)
+      jax.block_until_ready(out)
+      state[0], state[1] = out[0], out[1]
+      timed[name] = (cfg, fn, state, [])
+    for _ in range(args.rounds):
+      for name, (cfg, fn, state, times) in timed.items():
+        round_times = []
+        for _ in range(args.steps + 1):
+          t0 = time.perf_counter()
+          out = fn(*state)
+          jax.block_until_ready(out)
+          round_times.append(time.perf_counter() - t0)
+          state[0], state[1] = out[0], out[1]
+        times.append(statistics.median(round_times[1:]))
+    base = statistics.median(timed['unrolled'][3])
+    for name, (cfg, _, _, times) in timed.items():
+      med = statistics.median(times)
+      rows.append(row('step', 'small', variant, cfg, shape, step_ms=1e3 * med,
+                      step_ms_min=1e3 * min(times), step_ms_max=1e3 * max(times)))
+      print(f'small {variant:9s} {name:20s} step {1e3 * med:8.1f} ms ({med / base:.3f}x of '
+            f'unrolled; round medians {1e3 * min(times):.1f}-{1e3 * max(times):.1f})', flush=True)
+    append_csv(args.csv, rows[-len(timed):])
+  return rows
+
+
+def run_embedding(args):
+  """The token lookup alone (forward + gradient), one-hot matmul vs gather, T5.1.1-small table."""
+  from altup_t5x import layers  # pylint: disable=g-import-not-at-top
+  vocab, width, shape = 32128, 512, (2, 128)
+  tokens = jax.random.randint(jax.random.PRNGKey(0), shape, 0, vocab)
+  rows, med = [], {}
+  for one_hot in (False, True):
+    module = layers.Embed(vocab, width, one_hot=one_hot)
+    params = module.init(jax.random.PRNGKey(0), tokens)
+    fn = jax.jit(jax.grad(lambda p: jnp.sum(module.apply(p, tokens) ** 2)))
+    jax.block_until_ready(fn(params))
+    times = []
+    for _ in range(args.rounds * args.steps):
+      t0 = time.perf_counter()
+      jax.block_until_ready(fn(params))
+      times.append(time.perf_counter() - t0)
+    med[one_hot] = statistics.median(times)
+    rows.append(dict(part='embedding', size='small', variant='lookup_only',
+                     one_hot_embedding=one_hot, batch=shape[0], inputs=shape[1],
+                     step_ms=1e3 * med[one_hot], step_ms_min=1e3 * min(times),
+                     step_ms_max=1e3 * max(times)))
+    print(f'embedding {vocab} x {width}, tokens {shape}, one_hot={one_hot!s:5s}: '
+          f'{1e3 * med[one_hot]:.1f} ms (fwd + grad)', flush=True)
+  print(f'one-hot / gather = {med[True] / med[False]:.1f}x')
+  append_csv(args.csv, rows)
+  return rows
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('part', choices=('compile', 'memory', 'step', 'sweep', 'embedding'))
+  parser.add_argument('--cases', type=int, default=6, help='sweep: how many of its 6 cases')
+  parser.add_argument('--sizes', nargs='+', default=['base', 'large', 'xl'])
+  parser.add_argument('--variants', nargs='+', default=['baseline'], choices=sorted(VARIANTS))
+  parser.add_argument('--rounds', type=int, default=5)
+  parser.add_argument('--steps', type=int, default=4)
+  parser.add_argument('--csv', default=os.path.join(bm.ROOT, 'benchmarks', 'scaling.csv'))
+  args = parser.parse_args(argv)
+  {'compile': run_compile, 'memory': run_memory, 'step': run_step, 'sweep': run_sweep,
+   'embedding': run_embedding}[
+      args.part](args)
+
+
+if __name__ == '__main__':
+  main()
