@@ -473,6 +473,8 @@ def format_text(r: Mapping[str, Any]) -> str:
       f"  XLA temporaries   {_gib(r['temp_bytes_per_device'])}",
       f"  XLA peak          {_gib(r['peak_bytes_per_device'])}",
   ]
+  if r['flops_per_device'] is not None and r['scan_layers']:
+    lines.append('  (scan_layers: XLA counts the scanned loop body once, FLOPs are a lower bound)')
   if r['flops_per_device'] is not None:
     lines.append(f"  FLOPs             {r['flops_per_device']:.4g} per device, "
                  f"{r['flops_per_step']:.4g} per step")
@@ -525,6 +527,13 @@ run on a 2-core CPU with N simulated devices (see `altup_t5x/plan.py`).
 - **compiled**: the real train step (T5X's `PjitPartitioner`, train state and Adafactor, or the
   standalone runner's) lowered and compiled ahead of time; XLA's memory analysis gives the
   temporaries and the peak (arguments + outputs - donated + temporaries) of one device.
+  These are XLA:CPU's numbers for the same SPMD-partitioned program: the TPU/GPU compilers
+  schedule and fuse differently (and keep bfloat16 where the CPU may widen it), so read the
+  temporaries as an estimate of the activation footprint, not a guarantee for the accelerator.
+  FLOPs come from XLA's cost analysis, which counts a while loop's body once: with
+  `scan_layers` the layer stack is such a loop, so scanned rows' FLOPs leave out all but one
+  layer group (compare the unscanned row of the same config). Compile seconds were measured on
+  2 CPU cores shared with other jobs: compare them within a config only.
 - **analytic**: shapes and shardings only (nothing compiled, for rows too large to compile on the
   planning machine): parameter and optimizer-state bytes per device are exact, activations are not
   included, so the fit is a lower bound (marked `>=`).
