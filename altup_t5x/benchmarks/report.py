@@ -12,7 +12,6 @@ import csv
 import json
 import math
 import os
-import sys
 
 
 # (name, shape, variant, column, limit, description)
