@@ -69,7 +69,9 @@ def _encoder(cfg):
   return encode
 
 
-@pytest.mark.parametrize('name', sorted(ENCODER_SETTINGS))
+@pytest.mark.parametrize('name', [
+    pytest.param(n, marks=() if n in ('sequence_s3', 'stride_skip_s2', 'moe_top2', 'altup_k2')
+                 else pytest.mark.slow) for n in sorted(ENCODER_SETTINGS)])
 def test_packed_row_equals_each_example_alone(name):
   examples, tokens, segments, positions, alone = _packed_row()
   encode = _encoder(AltUpConfig(**TINY, **ENCODER_SETTINGS[name]))
@@ -84,7 +86,8 @@ def test_packed_row_equals_each_example_alone(name):
     start += len(ex)
 
 
-@pytest.mark.parametrize('stride,mode', [(2, 'predict_correct'), (3, 'skip')])
+@pytest.mark.parametrize('stride,mode', [(2, 'predict_correct'),
+                                         pytest.param(3, 'skip', marks=pytest.mark.slow)])
 def test_sequence_altup_never_mixes_segments_even_over_capacity(stride, mode):
   """With an anchor capacity too small for the row (max_segments=1, five short segments), some
   anchors are dropped, but no segment's output ever depends on another segment's tokens."""
@@ -119,6 +122,11 @@ DECODER_SETTINGS = {
 DEC_LEN = 7
 
 
+def _params(names, default):
+  """Every setting; those outside `default` are marked slow (the default suite stays fast)."""
+  return [pytest.param(n, marks=() if n in default else pytest.mark.slow) for n in sorted(names)]
+
+
 NO_EOS = types.SimpleNamespace(eos_id=99, vocab_size=6)  # never ends early: every step decodes
 
 
@@ -145,7 +153,7 @@ def _teacher_forced(model, params, enc, dec_in, with_metrics=False):
 ENC = np.array([[2, 3, 4, 5, 1], [4, 4, 5, 1, 0]], np.int32)
 
 
-@pytest.mark.parametrize('name', sorted(DECODER_SETTINGS))
+@pytest.mark.parametrize('name', _params(DECODER_SETTINGS, ('altup_k2', 'moe_top2_every_layer')))
 def test_decoder_is_causal(name):
   model, params = _full_model(DECODER_SETTINGS[name])
   rng = np.random.RandomState(1)
@@ -186,7 +194,7 @@ def _decoder_tokens_dropped(model, params, seqs):
   return float(moe.layer_metrics(inter['decoder'])['fraction_tokens_left_behind'])
 
 
-@pytest.mark.parametrize('name', sorted(MOE_DECODER_SETTINGS))
+@pytest.mark.parametrize('name', _params(MOE_DECODER_SETTINGS, ('moe_top2_k2',)))
 def test_cached_greedy_equals_full_forward_argmax(name):
   model, params = _full_model(MOE_DECODER_SETTINGS[name])
   ref = _greedy_reference(model, params)
@@ -209,7 +217,7 @@ def test_cached_greedy_equals_full_forward_argmax(name):
 
 
 @pytest.mark.t5x
-@pytest.mark.parametrize('name', sorted(MOE_DECODER_SETTINGS))
+@pytest.mark.parametrize('name', _params(MOE_DECODER_SETTINGS, ('moe_top2_every_layer',)))
 def test_t5x_predict_batch_equals_full_forward_argmax(name):
   """T5X's own EncoderDecoderModel.predict_batch (beam search, one beam) on our MoE network."""
   t5x_models = pytest.importorskip('t5x.models', reason='T5X is not installed (see README)')
