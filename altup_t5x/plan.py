@@ -16,7 +16,7 @@ is built exactly as the trainer builds it and compiled ahead of time from abstra
   rules) on a ('data', 'model') `Mesh` built here -- on CPU T5X's default mesh puts every device
   on 'model' whatever `num_partitions` says -- T5X's `TrainStateInitializer` (train state and
   Adafactor state shapes and axes) and `t5x.trainer.train_with_lr` as the step.
-* Runner backend (the MODEL is `altup_t5x.models.EncoderDecoderModel`): `utils.Partitioner` and
+* Runner backend (the MODEL is `altup_t5x.models.EncoderDecoderModel`): `partitioning.Partitioner` and
   `trainer.Trainer`'s train step (optax Adafactor).
 
 Per device it reports parameter and optimizer-state bytes (from each array's shard shape under
@@ -362,10 +362,7 @@ def build_t5x(got, mesh):
 
 def build_runner(got, mesh):
   from altup_t5x import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
-  from altup_t5x import utils  # pylint: disable=g-import-not-at-top
-  Partitioner = getattr(importlib.import_module('altup_t5x.partitioning'), 'Partitioner', None)
-  if Partitioner is None:  # before/after the move of Partitioner to altup_t5x.partitioning
-    Partitioner = utils.Partitioner
+  from altup_t5x.partitioning import Partitioner  # pylint: disable=g-import-not-at-top
   partitioner = Partitioner(got['num_partitions'], devices=list(mesh.devices.flat))
   partitioner.mesh = mesh
   model = got['model']

@@ -127,7 +127,7 @@ def convert_checkpoint(src: str, dst: str, to: str, encoder_period: int = 1,
     raise ConvertError(f'--out={dst!r} exists; give a new directory (nothing is overwritten).')
   directory, step = checkpoints.resolve_checkpoint(src)
   restored = ocp.PyTreeCheckpointer().restore(
-      checkpoints._item_dir(os.path.join(directory, str(step))))  # pylint: disable=protected-access
+      os.path.join(directory, str(step), checkpoints.ITEM))
   params = jax.tree_util.tree_map(np.asarray, restored['params'])
   if to == 'scanned':
     params = to_scanned(params, encoder_period, decoder_period, param_scan_axis)
