@@ -401,7 +401,7 @@ def plan(args, simulate: bool = True) -> Dict[str, Any]:
       'backend': got['backend'],
       'backend_detail': ("T5X: PjitPartitioner + TrainStateInitializer + Adafactor + "
                          "trainer.train_with_lr" if got['backend'] == 't5x' else
-                         'runner: utils.Partitioner + trainer.Trainer (optax Adafactor)'),
+                         'runner: partitioning.Partitioner + trainer.Trainer (optax Adafactor)'),
       'mode': 'analytic' if args.analytic else 'compiled',
       'devices': args.devices,
       'mesh': {k: int(v) for k, v in mesh.shape.items()},

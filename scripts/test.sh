@@ -5,4 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/_venv.sh "[test]"
-exec "$VENV/bin/python" -m pytest "$@"
+# Two pytest-xdist workers: the suite is compile-bound and single-threaded per test.
+exec "$VENV/bin/python" -m pytest -n 2 "$@"

@@ -355,5 +355,5 @@ def test_upcycling_rejects_mismatched_checkpoints():
   dense_params, _ = init_apply(AltUpConfig(**TINY), tokens())
   with pytest.raises(upcycle.UpcycleError, match='mlp.*shape'):
     upcycle.upcycle_params(dense_params, AltUpConfig(**{**TINY, 'mlp_dim': 32}, altup_k=2))
-  with pytest.raises(upcycle.UpcycleError, match="altup_coef_init='normal'.*use 'identity'"):
+  with pytest.raises(upcycle.UpcycleError, match="altup_coef_init='normal'.*altup_coef_init='identity'"):
     upcycle.upcycle_params(dense_params, AltUpConfig(**TINY, altup_k=2, altup_coef_init='normal'))

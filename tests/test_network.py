@@ -411,7 +411,7 @@ def test_invalid_settings_raise_one_clear_error(overrides, pattern):
 def test_unknown_size_is_rejected():
   with pytest.raises(ConfigError, match="size='huge'.*'tiny', 'small'"):
     AltUpConfig.from_size('huge')
-  assert set(SIZES) == {'tiny', 'small', 'base', 'large', 'xl'}
+  assert set(SIZES) == {'tiny', 'small', 'base', 'large', 'xl', 'xxl'}
 
 
 def test_recycled_allows_tied_logits():

@@ -97,7 +97,7 @@ def optax_reference(params, m):
     else:
       (d1,), (d0,) = f
       for stat in (np.delete(shape, d0), np.delete(shape, d1)):
-        # The runner's rule (utils.Partitioner.opt_state_shardings): a statistic takes the
+        # The runner's rule (partitioning.Partitioner.opt_state_shardings): a statistic takes the
         # parameter's sharding without the first axis whose removal gives the statistic's shape
         # (for a square kernel that is axis 0, whichever axis optax averaged away).
         i = next(i for i in range(len(shape)) if tuple(np.delete(shape, i)) == tuple(stat))
