@@ -38,6 +38,32 @@ def _gin_value(value: str) -> str:
     return repr(v)
 
 
+def gin_overrides(rest: Sequence[str], parser: argparse.ArgumentParser,
+                  error_cls: type = RunnerError) -> list:
+  """T5X-style `--gin.NAME=value` (or `--gin.NAME value`) arguments as gin binding strings; any
+  other leftover argument is a parser error."""
+  bindings, unknown = [], []
+  i = 0
+  while i < len(rest):
+    arg = rest[i]
+    if arg.startswith('--gin.'):
+      body = arg[len('--gin.'):]
+      if '=' in body:
+        name, value = body.split('=', 1)
+      elif i + 1 < len(rest):
+        name, value = body, rest[i + 1]
+        i += 1
+      else:
+        raise error_cls(f'{arg} has no value: write --gin.NAME=value.')
+      bindings.append(f'{name} = {_gin_value(value)}')
+    else:
+      unknown.append(arg)
+    i += 1
+  if unknown:
+    parser.error(f'unrecognized arguments: {" ".join(unknown)}')
+  return bindings
+
+
 def parse_args(argv: Sequence[str], description: str = '') -> argparse.Namespace:
   """--gin_file (repeatable), --gin_search_paths (comma separated), --gin_bindings, --gin.X=v."""
   parser = argparse.ArgumentParser(description=description)
@@ -54,26 +80,7 @@ def parse_args(argv: Sequence[str], description: str = '') -> argparse.Namespace
   parser.add_argument('--process_count', type=int, default=None)
   parser.add_argument('--process_index', type=int, default=None)
   args, rest = parser.parse_known_args(list(argv))
-  bindings = list(args.gin_bindings)
-  unknown = []
-  i = 0
-  while i < len(rest):
-    arg = rest[i]
-    if arg.startswith('--gin.'):
-      body = arg[len('--gin.'):]
-      if '=' in body:
-        name, value = body.split('=', 1)
-      elif i + 1 < len(rest):
-        name, value = body, rest[i + 1]
-        i += 1
-      else:
-        raise RunnerError(f'{arg} has no value: write --gin.NAME=value.')
-      bindings.append(f'{name} = {_gin_value(value)}')
-    else:
-      unknown.append(arg)
-    i += 1
-  if unknown:
-    parser.error(f'unrecognized arguments: {" ".join(unknown)}')
+  bindings = list(args.gin_bindings) + gin_overrides(rest, parser)
   args.gin_file = [f for item in args.gin_file for f in item.split(',') if f]
   args.gin_search_paths = [p for item in args.gin_search_paths for p in item.split(',') if p]
   args.gin_bindings = bindings

@@ -72,18 +72,6 @@ class PlanError(ValueError):
 # --------------------------------------------------------------------------------------------------
 # Command line.
 
-def _gin_value(value: str) -> str:
-  import ast  # pylint: disable=g-import-not-at-top
-  v = value.strip()
-  if not v or v[0] in '@%([{\'"' or v in ('True', 'False', 'None'):
-    return v
-  try:
-    ast.literal_eval(v)
-    return v
-  except (ValueError, SyntaxError):
-    return repr(v)
-
-
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   parser = argparse.ArgumentParser(prog='python -m altup_t5x.plan', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -108,26 +96,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   parser.add_argument('--pods-csv', dest='pods_csv', default='benchmarks/pods.csv')
   parser.add_argument('--pods-out', dest='pods_out', default='PODS.md')
   args, rest = parser.parse_known_args(list(argv))
-  bindings = list(args.gin_bindings)
-  unknown = []
-  i = 0
-  while i < len(rest):
-    arg = rest[i]
-    if arg.startswith('--gin.'):
-      body = arg[len('--gin.'):]
-      if '=' in body:
-        name, value = body.split('=', 1)
-      elif i + 1 < len(rest):
-        name, value = body, rest[i + 1]
-        i += 1
-      else:
-        raise PlanError(f'{arg} has no value: write --gin.NAME=value.')
-      bindings.append(f'{name} = {_gin_value(value)}')
-    else:
-      unknown.append(arg)
-    i += 1
-  if unknown:
-    parser.error(f'unrecognized arguments: {" ".join(unknown)}')
+  from altup_t5x import cli  # pylint: disable=g-import-not-at-top  (imports jax; no backend yet)
+  bindings = list(args.gin_bindings) + cli.gin_overrides(rest, parser, PlanError)
   args.gin_files = list(args.gin_files) + [f for x in args.gin_file for f in x.split(',') if f]
   args.gin_search_paths = [p for x in args.gin_search_paths for p in x.split(',') if p]
   args.gin_bindings = bindings
