@@ -51,6 +51,12 @@ def main(argv=None):
   parser.add_argument('--max-minutes', type=float, default=None,
                       help='fidelity: start no new run after this many minutes')
   parser.add_argument('--plan', action='store_true', help='fidelity: list the runs, run nothing')
+  parser.add_argument('--jobs', type=int, default=1,
+                      help='fidelity: runs trained at once, each in its own process pinned to one '
+                           'CPU core')
+  parser.add_argument('--scale', default='study', choices=['study', 'study_d128'],
+                      help='fidelity: the claims\' model scale (study_d128: the issue\'s starting '
+                           'scale, for an accelerator)')
   args = parser.parse_args(argv)
   if args.quick:
     args.rounds, args.steps = min(args.rounds, 2), min(args.steps, 2)
@@ -100,7 +106,23 @@ def main(argv=None):
   if args.command == 'fidelity':
     from altup_t5x.benchmarks import fidelity  # pylint: disable=g-import-not-at-top
     parts = [p for p in args.parts.split(',') if p] or None
-    if args.plan:
+    fidelity.use_scale(args.scale)
+    if args.jobs > 1 and not args.plan:
+      cmd = [sys.executable, os.path.abspath(__file__), 'fidelity', '--out', args.out,
+             '--scale', args.scale, '--jobs', '1'] + (['--parts', args.parts] if parts else []) + (
+                 ['--max-minutes', str(args.max_minutes)] if args.max_minutes else []) + (
+                     ['--quick'] if args.quick else [])
+      cores = sorted(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else []
+      procs = []
+      for i in range(args.jobs):
+        pin = (lambda c=cores[i % len(cores)]: os.sched_setaffinity(0, {c})) if (
+            len(cores) >= args.jobs) else None
+        procs.append(subprocess.Popen(cmd, preexec_fn=pin))
+        time.sleep(5)  # staggered: the first worker builds the data cache
+      rcs = [p.wait() for p in procs]
+      if any(rcs):
+        sys.exit(f'ERROR: fidelity workers exited with {rcs}')
+    elif args.plan:
       runs = fidelity.load_runs(args.out)
       for s in fidelity.plan(runs, args.quick):
         if not parts or s['part'] in parts:

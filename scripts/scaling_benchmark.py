@@ -26,9 +26,10 @@ import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout first
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import benchmark as bm  # pylint: disable=g-import-not-at-top
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # this checkout first
+
+from altup_t5x.benchmarks import common as bm  # pylint: disable=g-import-not-at-top
 
 import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp
@@ -130,16 +131,34 @@ def run_memory(args):
   return rows
 
 
+def existing_rows(path, part):
+  """Rows of `part` already in the CSV, keyed by (size, variant, scan_layers, remat_policy)."""
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return {(r['size'], r['variant'], r['scan_layers'] == 'True', r['remat_policy']):
+            {k: float(r[k]) for k in ('lower_s', 'compile_s', 'temp_bytes', 'peak_bytes', 'flops')}
+            for r in csv.DictReader(f) if r['part'] == part}
+
+
 def run_sweep(args):
-  """compile + memory in one pass per size: unrolled/scanned x remat none/full (then minimal)."""
+  """compile + memory in one pass per size: unrolled/scanned x remat none/full (then minimal).
+
+  A case already in the CSV is not compiled again (unless --redo): the sweep resumes."""
   shape = dict(batch=8, inputs=512, targets=114)
   rows = []
+  have = {} if args.redo else existing_rows(args.csv, 'sweep')
   for size in args.sizes:
     for variant in args.variants:
       res = {}
       for scan, policy in ((False, 'none'), (True, 'none'), (True, 'full'), (False, 'full'),
                            (True, 'minimal'), (False, 'minimal'))[:args.cases]:
         cfg = config(size, variant, scan_layers=scan, remat_policy=policy)
+        if (size, variant, scan, policy) in have:
+          res[scan, policy] = have[size, variant, scan, policy]
+          print(f'{size:6s} {variant:9s} scan={scan!s:5s} remat={policy:8s} (in the CSV already)',
+                flush=True)
+          continue
         r = aot(cfg, **shape)
         res[scan, policy] = r
         rows.append(row('sweep', size, variant, cfg, shape, **r))
@@ -235,11 +254,12 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('part', choices=('compile', 'memory', 'step', 'sweep', 'embedding'))
   parser.add_argument('--cases', type=int, default=6, help='sweep: how many of its 6 cases')
+  parser.add_argument('--redo', action='store_true', help='sweep: compile cases already in the CSV')
   parser.add_argument('--sizes', nargs='+', default=['base', 'large', 'xl'])
   parser.add_argument('--variants', nargs='+', default=['baseline'], choices=sorted(VARIANTS))
   parser.add_argument('--rounds', type=int, default=5)
   parser.add_argument('--steps', type=int, default=4)
-  parser.add_argument('--csv', default=os.path.join(bm.ROOT, 'benchmarks', 'scaling.csv'))
+  parser.add_argument('--csv', default=os.path.join(ROOT, 'benchmarks', 'scaling.csv'))
   args = parser.parse_args(argv)
   {'compile': run_compile, 'memory': run_memory, 'step': run_step, 'sweep': run_sweep,
    'embedding': run_embedding}[

@@ -66,8 +66,10 @@ def load_corpus_batches(run: dict, num_train: int, out_dir: str):
   train, evals = take('train', num_train), take('validation', run['eval_examples'])
   print(f'  data: {num_train} train + {len(evals["encoder_input_tokens"])} validation packed '
         f'examples in {time.perf_counter() - t0:.0f}s', flush=True)
-  np.savez(path, **{f'train_{k}': v for k, v in train.items()},
+  tmp = f'{path[:-4]}.tmp{os.getpid()}.npz'  # atomic: parallel workers may build it at once
+  np.savez(tmp, **{f'train_{k}': v for k, v in train.items()},
            **{f'eval_{k}': v for k, v in evals.items()})
+  os.replace(tmp, path)
   return train, evals
 
 
