@@ -9,10 +9,11 @@ else (embedding, relative position biases, final norms, logits) is the same in b
     params = scan_convert.to_scanned(params, encoder_period=2, decoder_period=2, param_scan_axis=1)
     params = scan_convert.to_unrolled(params, param_scan_axis=1)
 
-Runner checkpoints (parameters only; the optimizer state is not converted):
+Checkpoints (parameters only; the optimizer state is not converted), T5X's (a checkpoint_<step>
+directory or a T5X model dir) or the runner's, written in the format they came in:
 
     python -m altup_t5x.scan_convert --to scanned --period 2 --in MODEL_DIR --out NEW_DIR
-    python -m altup_t5x.scan_convert --to unrolled --in MODEL_DIR --out NEW_DIR
+    python -m altup_t5x.scan_convert --to unrolled --in T5X_DIR/checkpoint_20 --out NEW_DIR
 
 The period is `AltUpConfig.layer_period()`: K for alternating AltUp, lcm with moe_every for MoE
 and (encoder only) with the Sequence-AltUp stride; 1 for the plain network. `--out` must not exist;
@@ -117,36 +118,35 @@ def to_unrolled(params: Mapping[str, PyTree], param_scan_axis: int = 1) -> Dict:
 
 def convert_checkpoint(src: str, dst: str, to: str, encoder_period: int = 1,
                        decoder_period: Optional[int] = None, param_scan_axis: int = 1) -> str:
-  """Reads a runner checkpoint's parameters, converts them, writes `dst/<step>` (dst must not
-  exist). Returns the written step directory."""
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  from altup_t5x import checkpoints  # pylint: disable=g-import-not-at-top
+  """Converts a checkpoint's parameters, in the format it is in: a T5X checkpoint (Orbax or
+  legacy in, T5X Orbax `dst/checkpoint_<step>` out) or a runner one (`dst/checkpoints/<step>`).
+  The step is kept; the optimizer state is not converted. `dst` must not exist. Returns the
+  written step directory."""
+  import flax  # pylint: disable=g-import-not-at-top
+  from altup_t5x import convert  # pylint: disable=g-import-not-at-top
   if to not in ('scanned', 'unrolled'):
     raise ConvertError(f'--to={to!r}; allowed: scanned, unrolled.')
-  if os.path.exists(dst):
+  if os.path.lexists(dst):
     raise ConvertError(f'--out={dst!r} exists; give a new directory (nothing is overwritten).')
-  directory, step = checkpoints.resolve_checkpoint(src)
-  restored = ocp.PyTreeCheckpointer().restore(
-      os.path.join(directory, str(step), checkpoints.ITEM))
-  params = jax.tree_util.tree_map(np.asarray, restored['params'])
+  try:
+    source = convert.open_checkpoint(src)
+  except convert.ConvertError as e:
+    raise ConvertError(str(e)) from e
+  params = flax.traverse_util.unflatten_dict({p: source.read(p) for p in sorted(source.shapes)})
   if to == 'scanned':
     params = to_scanned(params, encoder_period, decoder_period, param_scan_axis)
   else:
     params = to_unrolled(params, param_scan_axis)
-  manager = ocp.CheckpointManager(os.path.abspath(dst),
-                                  options=ocp.CheckpointManagerOptions(create=True))
-  manager.save(step, args=ocp.args.StandardSave({'step': np.asarray(step), 'params': params}),
-               force=True)
-  manager.wait_until_finished()
-  manager.close()
-  return os.path.join(os.path.abspath(dst), str(step))
+  flat = flax.traverse_util.flatten_dict(params)
+  return convert.WRITERS[source.kind](dst, flat, source.step)
 
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--to', required=True, choices=('scanned', 'unrolled'))
   parser.add_argument('--in', dest='src', required=True,
-                      help='runner checkpoint: a model dir, its checkpoints/ dir or a step dir')
+                      help='T5X checkpoint_<step> dir or T5X model dir (output: T5X Orbax), or a '
+                           'runner model dir, its checkpoints/ dir or a step dir (output: runner)')
   parser.add_argument('--out', required=True, help='new directory (must not exist)')
   parser.add_argument('--period', type=int, default=1,
                       help='encoder layer period (AltUpConfig.layer_period(encoder=True)); '

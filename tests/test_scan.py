@@ -205,11 +205,33 @@ def test_converter_cli_on_runner_checkpoint(tmp_path):
                             '--out', str(out)]) == 0
   assert scan_convert.main(['--to', 'unrolled', '--in', str(out), '--out',
                             str(tmp_path / 'unrolled')]) == 0
-  restored = ocp.PyTreeCheckpointer().restore(str(tmp_path / 'unrolled' / '7' / 'default'))
+  restored = ocp.PyTreeCheckpointer().restore(
+      str(tmp_path / 'unrolled' / 'checkpoints' / '7' / 'default'))
   _assert_trees_close(jax.tree_util.tree_map(np.asarray, restored['params']), unrolled, rtol=0,
                       atol=0)
   # Never writes into an existing directory.
   assert scan_convert.main(['--to', 'unrolled', '--in', str(out), '--out', str(out)]) == 1
+
+
+def test_converter_cli_on_t5x_checkpoint(tmp_path):
+  """A T5X checkpoint (written by real t5x.train) -> scanned T5X checkpoint -> unrolled: exact."""
+  from altup_t5x import convert
+  src = os.path.join(os.path.dirname(__file__), 'testdata', 't5x_tiny_dense')
+  original = convert.open_checkpoint(src)
+  scanned, back = tmp_path / 'scanned', tmp_path / 'back'
+  assert scan_convert.main(['--to', 'scanned', '--period', '1', '--in', src, '--out',
+                            str(scanned)]) == 0
+  s = convert.open_checkpoint(str(scanned))
+  assert s.kind == 't5x' and s.step == original.step
+  stacked = [p for p in s.shapes if p[:2] == ('encoder', 'layers')]
+  assert stacked and all(p[2] == 'layers_0' for p in stacked)
+  n_enc = len({p[1] for p in original.shapes if p[0] == 'encoder' and p[1].startswith('layers_')})
+  assert all(s.shapes[p][1] == n_enc for p in stacked)  # param_scan_axis=1
+  assert scan_convert.main(['--to', 'unrolled', '--in', str(scanned), '--out', str(back)]) == 0
+  b = convert.open_checkpoint(str(back))
+  assert b.kind == 't5x' and set(b.shapes) == set(original.shapes)
+  for p in original.shapes:
+    np.testing.assert_array_equal(b.read(p), original.read(p))
 
 
 def test_bad_scaling_settings_are_one_clear_error():

@@ -485,6 +485,12 @@ def fidelity_section(out_dir, speed_rows, rel):
   from altup_t5x.benchmarks import fidelity as fid  # pylint: disable=g-import-not-at-top
   runs = fid.load_runs(out_dir)
   planned = fid.plan(runs)
+  # Equal wall-clock: step-time ratios of one speed run over the study's variants (small shape),
+  # where it exists; the main speed benchmark's otherwise.
+  study_speed = os.path.join(out_dir, 'fidelity', 'speed', 'speed.csv')
+  if os.path.exists(study_speed):
+    own = read_csv(study_speed)
+    speed_rows = own + [r for r in speed_rows if not any(o['variant'] == r['variant'] for o in own)]
   done = [s for s in planned if s['name'] in runs]
   out = ['## Fidelity: does our AltUp reproduce the paper\'s claims?', '',
          'Command (resumable: each run is cached in `benchmarks/fidelity/runs/`, present runs are '
@@ -507,8 +513,9 @@ def fidelity_section(out_dir, speed_rows, rel):
       f'(positive: the variant is better). *reproduced* if mean(d) > 2 standard errors of d, '
       f'*not reproduced* if mean(d) < -2 SE, *inconclusive* otherwise or with fewer than 2 seeds. '
       f'Claim (b) also needs Recycled\'s gain to be >= 50% of AltUp K=2\'s and its small-shape step '
-      f'<= 1.05x. Equal wall-clock: the step-time ratio of the speed benchmark (small shape, '
-      f'`speed.csv`) converts steps to time: a variant r times slower is compared at step N/r with '
+      f'<= 1.05x. Equal wall-clock: the step-time ratio of the speed benchmark (T5.1.1-small shape, '
+      f'`fidelity/speed/speed.csv`: one run over the study\'s variants, else `speed.csv`) converts '
+      f'steps to time: a variant r times slower is compared at step N/r with '
       f'the reference at N (eval curves interpolated).')
   out.append('')
   total = sum(runs[s['name']]['train_seconds'] for s in done)
@@ -728,6 +735,12 @@ def fidelity_summary(out_dir):
   from altup_t5x.benchmarks import fidelity as fid  # pylint: disable=g-import-not-at-top
   runs = fid.load_runs(out_dir)
   planned = fid.plan(runs)
+  # Equal wall-clock: step-time ratios of one speed run over the study's variants (small shape),
+  # where it exists; the main speed benchmark's otherwise.
+  study_speed = os.path.join(out_dir, 'fidelity', 'speed', 'speed.csv')
+  if os.path.exists(study_speed):
+    own = read_csv(study_speed)
+    speed_rows = own + [r for r in speed_rows if not any(o['variant'] == r['variant'] for o in own)]
   n = sum(1 for s in planned if s['name'] in runs)
   return (f'- Fidelity study (the paper\'s claims, seeds, LR sweep): {n} of {len(planned)} planned '
           f'runs done; verdicts and the quickstart-gap ablation in BENCHMARKS.md, "Fidelity".')

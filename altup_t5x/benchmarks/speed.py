@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from altup_t5x.benchmarks.common import (KINDS, QUICK_SHAPES, QUICK_VARIANTS, SPEED_SHAPES,
+from altup_t5x.benchmarks.common import (ALL_VARIANTS, KINDS, QUICK_SHAPES, QUICK_VARIANTS, SPEED_SHAPES,
                                          SPEED_VARIANTS, VARIANTS, Timed, compile_all,
                                          count_params, init_params, make_config, make_optimizer,
                                          make_train_step, random_batch, read_csv)
@@ -97,8 +97,13 @@ def run_speed(args) -> List[dict]:
   rows = []
   for size_name, shape in shapes.items():
     variants = QUICK_VARIANTS if args.quick else SPEED_VARIANTS[size_name]
-    if args.variants:
-      variants = [v for v in variants if v in args.variants.split(',')]
+    if args.variants:  # an explicit list may name any variant, the fidelity study's included
+      unknown = [v for v in args.variants.split(',') if v not in ALL_VARIANTS]
+      if unknown:
+        raise SystemExit(f'ERROR: --variants: unknown {unknown}; known: {sorted(ALL_VARIANTS)}')
+      variants = args.variants.split(',')
+      if 'baseline' not in variants:
+        raise SystemExit('ERROR: --variants must include baseline (ratios are to it)')
     print(f'\n== speed: {size_name} shape {shape}: compiling {len(variants)} variants', flush=True)
     cases = {}
     for v in variants:
@@ -127,7 +132,7 @@ def run_speed(args) -> List[dict]:
       print(f'  round {r + 1}/{rounds} done ({time.perf_counter() - t_start:.0f}s)', flush=True)
     for v in variants:
       c = cases[v]
-      row = dict(shape=size_name, variant=v, description=VARIANTS[v][0],
+      row = dict(shape=size_name, variant=v, description=ALL_VARIANTS[v][0],
                  emb_dim=c['cfg'].emb_dim, altup_k=c['cfg'].altup_k, params=c['n_params'],
                  batch=shape['batch'], inputs=shape['inputs'], targets=shape['targets'])
       for kind in KINDS:
