@@ -9,8 +9,12 @@ Plan, in priority order (`plan()`):
   1. `sweep`: peak learning rates LRS (10x span, same schedule shape) for every variant of claims
      (a)-(c), seed 0, SWEEP_STEPS steps;
   2. `a`: baseline and AltUp K=2 at full steps, 3 seeds, each at its own best LR and the baseline's;
-  3. `ablation`: the quickstart-vs-quality-benchmark gap (schedule x width x steps, 2 seeds);
-  4. `b`, `c`: Recycled K=2, K=4 (3 seeds), then `d`, `g` (2 seeds), then `e`, `f` (2 seeds).
+  3. `b`, `c`: Recycled K=2, K=4 (3 seeds), then `d`, `g` (2 seeds), then `e`, `f` (2 seeds);
+  4. (b), (c) at the variant's own best LR where it differs from the baseline's;
+  5. `ablation`: the quickstart-vs-quality-benchmark gap (schedule x width x steps, 2 seeds; also
+     run while workers wait for the sweep).
+Compiled train steps go to JAX's persistent compilation cache (next to the corpus cache, unless
+JAX_COMPILATION_CACHE_DIR is set), so a variant's later seeds skip compilation.
 
 Data: packed span-corruption examples of the embedded corpus (train split, a fixed pool cycled with
 a per-seed, per-epoch order); eval loss on the held-out validation split, which no run trains on.
@@ -179,17 +183,17 @@ def plan(runs, quick=False) -> List[dict]:
       out.append(spec(scale_of('study'), v, 'rsqrt', lr, 0, sweep, 'sweep'))
   claim = lambda cid: claim_runs(runs, cid, quick)
   out += claim('a')
-  for seed in range(ABLATION_SEEDS):  # every setting's seed 0 first: a first answer sooner
-    for label, scale, schedule, lr, steps in ABLATION:
-      for v in ('baseline', 'altup_k2'):
-        out.append(spec(scale_of(scale), v, schedule, lr, seed, steps if not quick else 12,
-                        'ablation'))
   later = []  # (b), (c) at the variant's own best LR (when it differs) after every other claim
   base_lr = None if quick else best_lr(runs, 'baseline')
   for cid in ('b', 'c', 'd', 'g1', 'g2', 'g3', 'e', 'f'):
     for s in claim(cid):
       (later if base_lr is not None and s['lr'] != base_lr else out).append(s)
   out += later
+  for seed in range(ABLATION_SEEDS):  # every setting's seed 0 first: a first answer sooner
+    for label, scale, schedule, lr, steps in ABLATION:
+      for v in ('baseline', 'altup_k2'):
+        out.append(spec(scale_of(scale), v, schedule, lr, seed, steps if not quick else 12,
+                        'ablation'))
   seen, unique = set(), []
   for s in out:
     if s['name'] not in seen:
@@ -224,6 +228,9 @@ def _data(scale_name, out):
 
 def train_run(s, out, log=print) -> dict:
   """Trains one run (from scratch) and returns its record; the caller caches it."""
+  if not jax.config.jax_compilation_cache_dir:
+    from altup_t5x.data import corpus  # pylint: disable=g-import-not-at-top
+    jax.config.update('jax_compilation_cache_dir', os.path.join(corpus.cache_dir(), 'jax_cache'))
   sc = SCALES[s['scale']]
   train, evals = _data(s['scale'], out)
   cfg = make_config_from(AltUpConfig(vocab_size=VOCAB_SIZE, dropout_rate=0.0, **sc['model']),
