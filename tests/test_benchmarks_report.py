@@ -78,3 +78,27 @@ def test_fidelity_plan_resumes_and_report_marks_missing(tmp_path):
   assert first['name'] in runs
   text = report.fidelity_section(str(tmp_path), [], '.')
   assert '**Status: 1 of' in text and '4.5000' in text and 'not yet run' in text
+
+
+def test_fidelity_workers_claim_runs_with_lock_files(tmp_path):
+  """Two workers never train the same run; a dead worker's lock is taken over."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  lock = str(tmp_path / 'run.lock')
+  assert fidelity._try_lock(lock)
+  assert not fidelity._try_lock(lock)  # held by a live process (this one)
+  os.remove(lock)
+  dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'],
+                        capture_output=True, text=True, check=True).stdout.strip()
+  with open(lock, 'w') as f:
+    f.write(dead)
+  assert fidelity._try_lock(lock)
+  with open(lock) as f:
+    assert int(f.read()) == os.getpid()
+
+
+def test_fidelity_claims_wait_for_the_sweep(tmp_path):
+  """Without the sweep in --parts and no worker running it, claim runs stop with a message."""
+  msgs = []
+  assert fidelity.run_study(str(tmp_path), parts=['a'], log=msgs.append) == []
+  assert 'add `sweep` to --parts' in msgs[-1]

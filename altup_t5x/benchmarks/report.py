@@ -285,9 +285,14 @@ Same T5.1.1 config, same train step function, one process (T5X's environment), i
 
 T5.1.1 baseline train step, float32, batch 8 x 512/114, one CPU device, compiled ahead of time on
 shape-only parameters (`python scripts/scaling_benchmark.py sweep`, raw numbers in
-`{rel}/scaling.csv`). Measured under heavy load (load average 12-16 on 2 cores): compile seconds
-compare only within a size. Why unrolled `full` remat saves little: `altup_t5x/network.py`'s
-docstring. Per-device memory of the pretrain configs on TPU/GPU slices: [PODS.md](PODS.md).
+`{rel}/scaling.csv`). Small, base and the first large rows were measured under heavy load (load
+average 12-16 on 2 cores), the other large and the XL rows at load ~4: compile seconds compare
+only within a size. Why unrolled `full` remat saves little: `altup_t5x/network.py`'s docstring.
+Scanned without remat keeps more temporaries than unrolled (large, XL); not investigated further.
+A likely cause: the backward pass of a scan stacks every iteration's residuals as JAX saved them,
+while in an unrolled program XLA may fuse or recompute cheap elementwise intermediates instead.
+Scan is meant to be used with a remat policy, as scalable_t5 does. Per-device memory of the pretrain configs on TPU/GPU slices:
+[PODS.md](PODS.md).
 
 {scaling_section(out_dir)}
 ## Quality on the embedded corpus
@@ -330,6 +335,39 @@ def scaling_section(out_dir):
       full, none = by.get((size, scan, 'full')), by.get((size, scan, 'none'))
       cells.append(_f(gib(full) / gib(none)) + 'x' if full and none else 'not measured')
     out.append(f'| {size} | {cells[0]} | {cells[1]} |')
+  # Why the ratio rises at XL: the step's temporaries include the gradients (one float32 per
+  # parameter; parameter counts from the planner's benchmarks/pods.csv), which no remat removes.
+  params = {r['size']: float(r['params']) for r in read_csv(os.path.join(out_dir, 'pods.csv'))
+            if r['variant'] == 'baseline'} if os.path.exists(os.path.join(out_dir, 'pods.csv')) else {}
+  notes = []
+  for size in sizes:
+    full, none = by.get((size, True, 'full')), by.get((size, True, 'none'))
+    if full and none and size in params:
+      g = 4 * params[size] / 2**30
+      notes.append(f'{size} {_f(g)} GiB of gradients: (full - gradients) / (none - gradients) = '
+                   f'{_f((gib(full) - g) / (gib(none) - g))}x')
+  if notes:
+    out += ['', 'Scanned full / none without the gradients, which every policy keeps (float32, '
+            'one per parameter): ' + '; '.join(notes) + '.']
+  steps = [r for r in read_csv(os.path.join(out_dir, 'scaling.csv')) if r['part'] == 'step']
+  if steps:
+    name = lambda r: ('scanned' if r['scan_layers'] == 'True' else 'unrolled') + (
+        f', remat {r["remat_policy"]}' if r['remat_policy'] != 'none' else '') + (
+            ', one-hot embedding' if r['one_hot_embedding'] == 'True' else '')
+    variants = list(dict.fromkeys(r['variant'] for r in steps))
+    out += ['', f'Train step time at T5.1.1-small (batch {steps[0]["batch"]} x '
+            f'{steps[0]["inputs"]}/{steps[0]["targets"]}, one process, medians of round-robin '
+            f'rounds; `scaling_benchmark.py step`), ratio to the unrolled step of the same variant:',
+            '', '| case | ' + ' | '.join(f'{v} ms | {v} ratio' for v in variants) + ' |',
+            '|---|' + '---:|---:|' * len(variants)]
+    for case in dict.fromkeys(name(r) for r in steps):
+      cells = []
+      for v in variants:
+        r = next((r for r in steps if r['variant'] == v and name(r) == case), None)
+        u = next((r for r in steps if r['variant'] == v and name(r) == 'unrolled'), None)
+        cells.append(f'{_f(float(r["step_ms"]), 1)} | {_f(float(r["step_ms"]) / float(u["step_ms"]), 3)}x'
+                     if r and u else 'n/a | n/a')
+      out.append(f'| {case} | ' + ' | '.join(cells) + ' |')
   return '\n'.join(out) + '\n'
 
 
