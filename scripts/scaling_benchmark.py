@@ -40,7 +40,7 @@ from altup_t5x.network import Transformer
 VARIANTS = {'baseline': {}, 'altup_k2': dict(altup_k=2), 'altup_k4': dict(altup_k=4)}
 COLUMNS = ['part', 'size', 'variant', 'scan_layers', 'remat_policy', 'one_hot_embedding', 'batch',
            'inputs', 'targets', 'lower_s', 'compile_s', 'temp_bytes', 'peak_bytes', 'flops',
-           'step_ms', 'step_ms_min', 'step_ms_max']
+           'step_ms', 'step_ms_min', 'step_ms_max', 'param_scan_axis']
 
 
 def config(size, variant, vocab_size=32128, **overrides):
@@ -78,7 +78,8 @@ def aot(cfg, batch=8, inputs=512, targets=114):
 
 def row(part, size, variant, cfg, shape, **values):
   out = dict(part=part, size=size, variant=variant, scan_layers=cfg.scan_layers,
-             remat_policy=cfg.remat_policy, one_hot_embedding=cfg.one_hot_embedding, **shape)
+             remat_policy=cfg.remat_policy, one_hot_embedding=cfg.one_hot_embedding,
+             param_scan_axis=cfg.param_scan_axis, **shape)
   out.update(values)
   return out
 
@@ -86,6 +87,16 @@ def row(part, size, variant, cfg, shape, **values):
 def append_csv(path, rows):
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   new = not os.path.exists(path)
+  if not new:
+    with open(path) as f:
+      old = list(csv.DictReader(f))
+      header = list(old[0].keys()) if old else COLUMNS
+    if header != COLUMNS:  # a CSV written before a column was added: rewrite it with the new header
+      with open(path + '.tmp', 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction='ignore')
+        writer.writeheader()
+        writer.writerows(old)
+      os.replace(path + '.tmp', path)
   with open(path, 'a', newline='') as f:
     writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction='ignore')
     if new:
@@ -179,11 +190,14 @@ def run_step(args):
   cases = {
       'unrolled': dict(),
       'scanned': dict(scan_layers=True),
+      'scanned_axis0': dict(scan_layers=True, param_scan_axis=0),
       'remat_minimal': dict(remat_policy='minimal'),
       'remat_full': dict(remat_policy='full'),
       'scanned_remat_full': dict(scan_layers=True, remat_policy='full'),
       'one_hot': dict(one_hot_embedding=True),
   }
+  if args.only:
+    cases = {k: v for k, v in cases.items() if k in args.only or k == 'unrolled'}
   rows = []
   for variant in args.variants:
     timed = {}
@@ -254,6 +268,10 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('part', choices=('compile', 'memory', 'step', 'sweep', 'embedding'))
   parser.add_argument('--cases', type=int, default=6, help='sweep: how many of its 6 cases')
+  parser.add_argument('--only', nargs='+', default=None,
+                      help='step: these cases only (with unrolled, the reference): unrolled, '
+                           'scanned, scanned_axis0, remat_minimal, remat_full, scanned_remat_full, '
+                           'one_hot')
   parser.add_argument('--redo', action='store_true', help='sweep: compile cases already in the CSV')
   parser.add_argument('--sizes', nargs='+', default=['base', 'large', 'xl'])
   parser.add_argument('--variants', nargs='+', default=['baseline'], choices=sorted(VARIANTS))

@@ -351,23 +351,26 @@ def scaling_section(out_dir):
             'one per parameter): ' + '; '.join(notes) + '.']
   steps = [r for r in read_csv(os.path.join(out_dir, 'scaling.csv')) if r['part'] == 'step']
   if steps:
-    name = lambda r: ('scanned' if r['scan_layers'] == 'True' else 'unrolled') + (
+    name = lambda r: ('scanned' + (', param_scan_axis 0' if r.get('param_scan_axis') == '0' else '')
+                      if r['scan_layers'] == 'True' else 'unrolled') + (
         f', remat {r["remat_policy"]}' if r['remat_policy'] != 'none' else '') + (
             ', one-hot embedding' if r['one_hot_embedding'] == 'True' else '')
-    variants = list(dict.fromkeys(r['variant'] for r in steps))
     out += ['', f'Train step time at T5.1.1-small (batch {steps[0]["batch"]} x '
-            f'{steps[0]["inputs"]}/{steps[0]["targets"]}, one process, medians of round-robin '
-            f'rounds; `scaling_benchmark.py step`), ratio to the unrolled step of the same variant:',
-            '', '| case | ' + ' | '.join(f'{v} ms | {v} ratio' for v in variants) + ' |',
-            '|---|' + '---:|---:|' * len(variants)]
-    for case in dict.fromkeys(name(r) for r in steps):
-      cells = []
-      for v in variants:
-        r = next((r for r in steps if r['variant'] == v and name(r) == case), None)
-        u = next((r for r in steps if r['variant'] == v and name(r) == 'unrolled'), None)
-        cells.append(f'{_f(float(r["step_ms"]), 1)} | {_f(float(r["step_ms"]) / float(u["step_ms"]), 3)}x'
-                     if r and u else 'n/a | n/a')
-      out.append(f'| {case} | ' + ' | '.join(cells) + ' |')
+            f'{steps[0]["inputs"]}/{steps[0]["targets"]}, medians of round-robin rounds; '
+            f'`scaling_benchmark.py step`); the ratio is to the unrolled step measured in the same '
+            f'process (each run starts with it):', '',
+            '| run | variant | case | step (ms) | round medians (ms) | ratio to unrolled |',
+            '|---:|---|---|---:|---:|---:|']
+    run, ref, seen = 1, None, set()
+    for r in steps:
+      if name(r) == 'unrolled':  # a run's block per variant starts with its unrolled reference
+        ref = r
+        if r['variant'] in seen:
+          run, seen = run + 1, set()
+        seen.add(r['variant'])
+      out.append(f'| {run} | {r["variant"]} | {name(r)} | {_f(float(r["step_ms"]), 1)} | '
+                 f'{_f(float(r["step_ms_min"]), 1)}-{_f(float(r["step_ms_max"]), 1)} | '
+                 f'{_f(float(r["step_ms"]) / float(ref["step_ms"]), 3)}x |')
   return '\n'.join(out) + '\n'
 
 
