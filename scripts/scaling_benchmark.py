@@ -186,7 +186,8 @@ def run_sweep(args):
 
 
 def run_step(args):
-  shape = dict(batch=2, inputs=128, targets=32)
+  batch, inputs, targets = (int(x) for x in args.shape.split(','))
+  shape = dict(batch=batch, inputs=inputs, targets=targets)
   cases = {
       'unrolled': dict(),
       'scanned': dict(scan_layers=True),
@@ -268,6 +269,8 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('part', choices=('compile', 'memory', 'step', 'sweep', 'embedding'))
   parser.add_argument('--cases', type=int, default=6, help='sweep: how many of its 6 cases')
+  parser.add_argument('--shape', default='2,128,32',
+                      help='step: batch,inputs,targets (default: scripts/benchmark.py\'s small shape)')
   parser.add_argument('--only', nargs='+', default=None,
                       help='step: these cases only (with unrolled, the reference): unrolled, '
                            'scanned, scanned_axis0, remat_minimal, remat_full, scanned_remat_full, '

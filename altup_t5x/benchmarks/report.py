@@ -355,12 +355,13 @@ def scaling_section(out_dir):
                       if r['scan_layers'] == 'True' else 'unrolled') + (
         f', remat {r["remat_policy"]}' if r['remat_policy'] != 'none' else '') + (
             ', one-hot embedding' if r['one_hot_embedding'] == 'True' else '')
-    out += ['', f'Train step time at T5.1.1-small (batch {steps[0]["batch"]} x '
-            f'{steps[0]["inputs"]}/{steps[0]["targets"]}, medians of round-robin rounds; '
-            f'`scaling_benchmark.py step`); the ratio is to the unrolled step measured in the same '
-            f'process (each run starts with it):', '',
-            '| run | variant | case | step (ms) | round medians (ms) | ratio to unrolled |',
-            '|---:|---|---|---:|---:|---:|']
+    out += ['', 'Train step time at T5.1.1-small, float32, one CPU process (medians of round-robin '
+            'rounds; `scaling_benchmark.py step`, while the fidelity study ran on the same cores); '
+            'the ratio is to the unrolled step measured in the same process (each run starts with '
+            'it):', '',
+            '| run | variant | batch x inputs/targets | case | step (ms) | round medians (ms) | '
+            'ratio to unrolled |',
+            '|---:|---|---|---|---:|---:|---:|']
     run, ref, seen = 1, None, set()
     for r in steps:
       if name(r) == 'unrolled':  # a run's block per variant starts with its unrolled reference
@@ -368,7 +369,8 @@ def scaling_section(out_dir):
         if r['variant'] in seen:
           run, seen = run + 1, set()
         seen.add(r['variant'])
-      out.append(f'| {run} | {r["variant"]} | {name(r)} | {_f(float(r["step_ms"]), 1)} | '
+      out.append(f'| {run} | {r["variant"]} | {r["batch"]} x {r["inputs"]}/{r["targets"]} | '
+                 f'{name(r)} | {_f(float(r["step_ms"]), 1)} | '
                  f'{_f(float(r["step_ms_min"]), 1)}-{_f(float(r["step_ms_max"]), 1)} | '
                  f'{_f(float(r["step_ms"]) / float(ref["step_ms"]), 3)}x |')
   return '\n'.join(out) + '\n'
@@ -565,7 +567,18 @@ def fidelity_section(out_dir, speed_rows, rel):
              + ', '.join(f'{p}: {sum(1 for s in done if s["part"] == p)}/'
                          f'{sum(1 for s in planned if s["part"] == p)}'
                          for p in dict.fromkeys(s['part'] for s in planned)) + ').')
-  out.append('')
+  study = [runs[s['name']] for s in done if s['part'] != 'ablation']
+  if study:
+    import calendar  # pylint: disable=g-import-not-at-top
+    import time as time_lib  # pylint: disable=g-import-not-at-top
+    end = lambda r: calendar.timegm(time_lib.strptime(r['date'], '%Y-%m-%d %H:%M'))
+    span = max(map(end, study)) - min(end(r) - r['wall_seconds'] - r['compile_s'] for r in study)
+    busy = sum(r['wall_seconds'] + r['compile_s'] for r in study)
+    out.append(f'Measured cost of the study (sweep and claims, ablation excluded): '
+               f'{busy / 3600:.2f} h of worker time (training, evaluation, compilation), '
+               f'{span / 3600:.2f} h from the first start to the last finish (minute resolution) '
+               f'with `--jobs 2` on 2 CPU cores, while other jobs shared the cores.')
+    out.append('')
 
   # LR sweep.
   out.append(f'### Learning-rate sweep (claims a-c; seed 0, {fid.SWEEP_STEPS} steps, peak LR)')
