@@ -203,8 +203,8 @@ def run_step(args):
   for variant in args.variants:
     timed = {}
     for name, overrides in cases.items():
-      cfg = config('small', variant, **overrides)
-      module = Transformer(cfg)
+      cfg = config('small', 'baseline' if variant == 'scalable_t5' else variant, **overrides)
+      module = Transformer(cfg) if variant != 'scalable_t5' else scalable_t5(cfg)
       optimizer = bm.make_optimizer()
       rng = jax.random.PRNGKey(0)
       data = bm.random_batch(rng, cfg.vocab_size, **shape)
@@ -235,6 +235,25 @@ def run_step(args):
             f'unrolled; round medians {1e3 * min(times):.1f}-{1e3 * max(times):.1f})', flush=True)
     append_csv(args.csv, rows[-len(timed):])
   return rows
+
+
+def scalable_t5(cfg):
+  """T5X's own examples/scalable_t5 network at the same T5.1.1 size and scan setting (the anchor
+  for `step --variants scalable_t5`, run with the Python of a T5X environment)."""
+  try:
+    from t5x.examples.scalable_t5 import network  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise SystemExit(f'ERROR: --variants scalable_t5 needs T5X importable ({e}); run this script '
+                     'with the Python of a T5X environment.')
+  if cfg.one_hot_embedding or cfg.remat_policy not in ('none', 'minimal', 'full'):
+    raise SystemExit('ERROR: scalable_t5 cases: scanned/unrolled and remat policies only')
+  return network.Transformer(network.T5Config(
+      vocab_size=cfg.vocab_size, emb_dim=cfg.emb_dim, num_heads=cfg.num_heads,
+      num_encoder_layers=cfg.num_encoder_layers, num_decoder_layers=cfg.num_decoder_layers,
+      head_dim=cfg.head_dim, mlp_dim=cfg.mlp_dim, mlp_activations=('gelu', 'linear'),
+      dropout_rate=0.0, logits_via_embedding=False, dtype=jnp.float32,
+      scan_layers=cfg.scan_layers, param_scan_axis=cfg.param_scan_axis,
+      remat_policy={'none': 'none', 'minimal': 'minimal', 'full': 'full'}[cfg.remat_policy]))
 
 
 def run_embedding(args):
@@ -277,7 +296,9 @@ def main(argv=None):
                            'one_hot')
   parser.add_argument('--redo', action='store_true', help='sweep: compile cases already in the CSV')
   parser.add_argument('--sizes', nargs='+', default=['base', 'large', 'xl'])
-  parser.add_argument('--variants', nargs='+', default=['baseline'], choices=sorted(VARIANTS))
+  parser.add_argument('--variants', nargs='+', default=['baseline'],
+                      choices=sorted(VARIANTS) + ['scalable_t5'],
+                      help='scalable_t5 (step only): T5X\'s own network, as the anchor')
   parser.add_argument('--rounds', type=int, default=5)
   parser.add_argument('--steps', type=int, default=4)
   parser.add_argument('--csv', default=os.path.join(ROOT, 'benchmarks', 'scaling.csv'))
