@@ -362,12 +362,15 @@ def scaling_section(out_dir):
             '| run | variant | batch x inputs/targets | case | step (ms) | round medians (ms) | '
             'ratio to unrolled |',
             '|---:|---|---|---|---:|---:|---:|']
-    run, ref, seen = 1, None, set()
+    run, ref, seen, run_shape = 1, None, set(), None
     for r in steps:
       if name(r) == 'unrolled':  # a run's block per variant starts with its unrolled reference
         ref = r
-        if r['variant'] in seen:
+        shape = (r['batch'], r['inputs'], r['targets'])
+        # A new process: a variant again, another shape, or T5X's network (its own environment).
+        if seen and (r['variant'] in seen or shape != run_shape or r['variant'] == 'scalable_t5'):
           run, seen = run + 1, set()
+        run_shape = shape
         seen.add(r['variant'])
       out.append(f'| {run} | {r["variant"]} | {r["batch"]} x {r["inputs"]}/{r["targets"]} | '
                  f'{name(r)} | {_f(float(r["step_ms"]), 1)} | '
