@@ -10,7 +10,7 @@ Plan, in priority order (`plan()`):
      (a)-(c), seed 0, SWEEP_STEPS steps;
   2. `a`: baseline and AltUp K=2 at full steps, 3 seeds, K=2 at its own best LR and the baseline's;
   3. `b`, `c`: Recycled K=2, K=4 (3 seeds), then `d`, `g` (2 seeds), then `e`, `f` (2 seeds);
-     every variant at the best LR of its family (`lr_family`), (a) also at the baseline's;
+     every variant at the best LR of its family (`lr_family`), (a)-(c) also both at the baseline's;
   4. `ablation`: the quickstart-vs-quality-benchmark gap (schedule x width x steps, 2 seeds; also
      run while workers wait for the sweep).
 Compiled train steps go to JAX's persistent compilation cache (next to the corpus cache, unless
@@ -164,22 +164,29 @@ def lr_family(variant) -> str:
   return 'altup_k2' if isinstance(overrides, dict) and overrides.get('altup_k', 1) > 1 else 'baseline'
 
 
+def claim_pairs(runs, cid, quick=False) -> List[tuple]:
+  """(variant LR, reference LR) pairs of a claim: each at the best LR of its family (`lr_family`,
+  from the 300-step sweep); for (a)-(c) also both at the baseline's best LR."""
+  lr_of = lambda v: (DEFAULT_LR if quick else (best_lr(runs, lr_family(v)) or DEFAULT_LR))
+  _, v, ref, _, _ = CLAIMS[cid]
+  pairs = [(lr_of(v), lr_of(ref))]
+  if cid in ('a', 'b', 'c'):
+    base = lr_of('baseline')
+    if (base, base) not in pairs:
+      pairs.append((base, base))
+  return pairs
+
+
 def claim_runs(runs, cid, quick=False) -> List[dict]:
-  """The runs of one claim, per seed: variant and reference each at the best LR of its family
-  (`lr_family`); for claim (a), also AltUp K=2 at the baseline's best LR. (The sweep table holds
-  every swept variant at the baseline's best LR too, at SWEEP_STEPS.)"""
+  """The runs of one claim, per seed: the reference and the variant at each pair of LRs."""
   full = 24 if quick else FULL_STEPS
   scale_of = lambda s: 'quick' if quick else STUDY.get(s, s)
-  lr_of = lambda v: (DEFAULT_LR if quick else (best_lr(runs, lr_family(v)) or DEFAULT_LR))
   _, v, ref, n_seeds, scale = CLAIMS[cid]
-  lrs = {lr_of(v)}
-  if cid == 'a':
-    lrs.add(lr_of(ref))
   rs = []
   for seed in range(n_seeds):
-    rs.append(spec(scale_of(scale), ref, 'rsqrt', lr_of(ref), seed, full, cid))
-    for lr in sorted(lrs):
-      rs.append(spec(scale_of(scale), v, 'rsqrt', lr, seed, full, cid))
+    for v_lr, ref_lr in claim_pairs(runs, cid, quick):
+      rs.append(spec(scale_of(scale), ref, 'rsqrt', ref_lr, seed, full, cid))
+      rs.append(spec(scale_of(scale), v, 'rsqrt', v_lr, seed, full, cid))
   return rs
 
 
@@ -193,8 +200,14 @@ def plan(runs, quick=False) -> List[dict]:
       out.append(spec(scale_of('study'), v, 'rsqrt', lr, 0, sweep, 'sweep'))
   claim = lambda cid: claim_runs(runs, cid, quick)
   out += claim('a')
+  later = []  # (b), (c) at the baseline's best LR, after the other claims
   for cid in ('b', 'c', 'd', 'g1', 'g2', 'g3', 'e', 'f'):
-    out += claim(cid)
+    v_lr, ref_lr = claim_pairs(runs, cid, quick)[0]
+    _, v, ref, _, _ = CLAIMS[cid]
+    for s in claim(cid):
+      own = (s['variant'], s['lr']) in ((v, v_lr), (ref, ref_lr))
+      (out if own else later).append(s)
+  out += later
   for seed in range(ABLATION_SEEDS):  # every setting's seed 0 first: a first answer sooner
     for label, scale, schedule, lr, steps in ABLATION:
       for v in ('baseline', 'altup_k2'):
