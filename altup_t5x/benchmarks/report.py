@@ -570,7 +570,8 @@ def fidelity_section(out_dir, speed_rows, rel):
              + ', '.join(f'{p}: {sum(1 for s in done if s["part"] == p)}/'
                          f'{sum(1 for s in planned if s["part"] == p)}'
                          for p in dict.fromkeys(s['part'] for s in planned)) + ').')
-  study = [runs[s['name']] for s in done if s['part'] != 'ablation']
+  study = [runs[s['name']] for s in done if s['part'] != 'ablation' and
+           'date' in runs[s['name']] and 'wall_seconds' in runs[s['name']]]
   if study:
     import calendar  # pylint: disable=g-import-not-at-top
     import time as time_lib  # pylint: disable=g-import-not-at-top
