@@ -796,12 +796,6 @@ def fidelity_summary(out_dir):
   from altup_t5x.benchmarks import fidelity as fid  # pylint: disable=g-import-not-at-top
   runs = fid.load_runs(out_dir)
   planned = fid.plan(runs)
-  # Equal wall-clock: step-time ratios of one speed run over the study's variants (small shape),
-  # where it exists; the main speed benchmark's otherwise.
-  study_speed = os.path.join(out_dir, 'fidelity', 'speed', 'speed.csv')
-  if os.path.exists(study_speed):
-    own = read_csv(study_speed)
-    speed_rows = own + [r for r in speed_rows if not any(o['variant'] == r['variant'] for o in own)]
   n = sum(1 for s in planned if s['name'] in runs)
   return (f'- Fidelity study (the paper\'s claims, seeds, LR sweep): {n} of {len(planned)} planned '
           f'runs done; verdicts and the quickstart-gap ablation in BENCHMARKS.md, "Fidelity".')
