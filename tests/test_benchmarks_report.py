@@ -102,3 +102,43 @@ def test_fidelity_claims_wait_for_the_sweep(tmp_path):
   msgs = []
   assert fidelity.run_study(str(tmp_path), parts=['a'], log=msgs.append) == []
   assert 'add `sweep` to --parts' in msgs[-1]
+
+
+def test_fidelity_verdicts_equal_a_numpy_paired_test():
+  """Claim rows: mean paired difference and its standard error as NumPy computes them; the rule's
+  three outcomes; (d)-(g) get a second pair at the baseline's best LR, planned after the ablation."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  runs = {}
+  def add(variant, lr, seed, steps, loss, scale='study'):
+    s = fidelity.spec(scale, variant, 'rsqrt', lr, seed, steps, 'x')
+    runs[s['name']] = dict(s, eval=[[0, 0.0, 7.0], [steps, 1.0, loss]])
+  # Sweep: baseline best at 0.03, every AltUp K=2-family variant best at 0.1.
+  for v, best in (('baseline', 0.03), ('altup_k2', 0.1), ('recycled_k2', 0.1), ('altup_k4', 0.1)):
+    for lr in fidelity.LRS:
+      add(v, lr, 0, fidelity.SWEEP_STEPS, 3.0 if lr == best else 4.0)
+  full = fidelity.FULL_STEPS
+  base = [3.40, 3.42, 3.41]
+  k2_low = [3.38, 3.39, 3.40]       # at 0.03: better on every seed
+  k2_high = [3.45, 3.47, 3.44]      # at 0.1: worse on every seed
+  for seed in range(3):
+    add('baseline', 0.03, seed, full, base[seed])
+    add('altup_k2', 0.03, seed, full, k2_low[seed])
+    add('altup_k2', 0.1, seed, full, k2_high[seed])
+  add('altup_k2_same', 0.1, 0, full, 3.30)   # (d): one better, one worse -> inconclusive
+  add('altup_k2_same', 0.1, 1, full, 3.60)
+  rows = {(r['cid'], r['lr'], r['ref_lr']): r for r in report._claim_rows(runs, fidelity, [])}
+  d = np.array(base) - np.array(k2_low)
+  r = rows[('a', 0.03, 0.03)]
+  np.testing.assert_allclose(r['m'], d.mean())
+  np.testing.assert_allclose(r['se'], d.std(ddof=1) / np.sqrt(3))
+  assert r['verdict'] == 'reproduced' and r['n'] == 3
+  assert rows[('a', 0.1, 0.03)]['verdict'] == 'not reproduced'
+  assert rows[('d', 0.1, 0.1)]['verdict'] == 'inconclusive'
+  assert rows[('d', 0.03, 0.03)]['n'] == 0  # planned (lr_check), not run
+  assert fidelity.claim_pairs(runs, 'd') == [(0.1, 0.1), (0.03, 0.03)]
+  plan = fidelity.plan(runs)
+  parts = [s['part'] for s in plan]
+  assert 'lr_check' in parts and parts.index('lr_check') > max(
+      i for i, p in enumerate(parts) if p == 'ablation')
+  checked = {s['variant'] for s in plan if s['part'] == 'lr_check'}
+  assert checked == {'altup_k2_same', 'altup_k2_dynamic', 'altup_k2_predicted', 'altup_k2_moe'}

@@ -527,16 +527,70 @@ def _speed_ratio(rows, variant):
   return float(r['train_ratio']) if r else None
 
 
-def fidelity_section(out_dir, speed_rows, rel):
-  from altup_t5x.benchmarks import fidelity as fid  # pylint: disable=g-import-not-at-top
-  runs = fid.load_runs(out_dir)
-  planned = fid.plan(runs)
-  # Equal wall-clock: step-time ratios of one speed run over the study's variants (small shape),
-  # where it exists; the main speed benchmark's otherwise.
+def _study_speed_rows(out_dir, speed_rows):
+  """Equal wall-clock: step-time ratios of one speed run over the study's variants (small shape),
+  where it exists; the main speed benchmark's otherwise."""
   study_speed = os.path.join(out_dir, 'fidelity', 'speed', 'speed.csv')
   if os.path.exists(study_speed):
     own = read_csv(study_speed)
     speed_rows = own + [r for r in speed_rows if not any(o['variant'] == r['variant'] for o in own)]
+  return speed_rows
+
+
+def _claim_rows(runs, fid, speed_rows):
+  """Every claim x LR pair of the fidelity study: paired differences, verdicts, table line."""
+  gains, rows = {}, []
+  for cid, (statement, v, ref, n_seeds, scale) in fid.CLAIMS.items():
+    for pair_index, (lr, ref_lr) in enumerate(fid.claim_pairs(runs, cid)):
+      d_eq, d_time, vl, rl = [], [], [], []
+      for seed in range(n_seeds):
+        rv = runs.get(fid.run_name(scale, v, 'rsqrt', lr, seed, fid.FULL_STEPS))
+        rr = runs.get(fid.run_name(scale, ref, 'rsqrt', ref_lr, seed, fid.FULL_STEPS))
+        if not (rv and rr):
+          continue
+        n = fid.FULL_STEPS
+        lv, lr_ = rv['eval'][-1][2], rr['eval'][-1][2]
+        vl.append(lv)
+        rl.append(lr_)
+        d_eq.append(lr_ - lv)
+        rv_s, rr_s = _speed_ratio(speed_rows, v), _speed_ratio(speed_rows, ref)
+        if rv_s and rr_s:
+          q = rv_s / rr_s
+          if q >= 1:
+            d_time.append(lr_ - _interp(rv['eval'], n / q))
+          else:
+            d_time.append(_interp(rr['eval'], n * q) - lv)
+      verdict, m, se = _verdict(d_eq)
+      if cid == 'b' and verdict == 'reproduced':
+        ga = gains.get(pair_index)
+        ratio = _speed_ratio(speed_rows, v)
+        if ga is None or not math.isfinite(ga) or m < 0.5 * ga or (ratio or 9) > 1.05:
+          verdict = (f'**not reproduced** (gain {m:.4f} vs K=2\'s '
+                     f'{ga if ga is not None else float("nan"):.4f}, step {ratio}x)')
+      if cid == 'a':
+        gains[pair_index] = m
+      tv, _, _ = _verdict(d_time)
+      mt, _ = _mean_std(d_time)
+      vm, vs = _mean_std(vl)
+      rm, rs = _mean_std(rl)
+      line = (
+          f'| ({cid}) | {statement} | {v} ({lr:g}) vs {ref} ({ref_lr:g}) | eval loss at step '
+          f'{fid.FULL_STEPS} | {vm:.4f} +- {vs:.4f} | {rm:.4f} +- {rs:.4f} | '
+          f'{" ".join(f"{d:+.4f}" for d in d_eq) or "-"} | '
+          f'{m:+.4f} +- {se:.4f} | {mt:+.4f} ({tv}) | {verdict}'
+          f'{"" if len(d_eq) >= n_seeds else f" ({len(d_eq)}/{n_seeds} seeds run)"} |'
+          .replace('+nan +- nan', 'n/a').replace('nan +- nan', 'not yet run').replace(
+              '+nan', 'n/a'))
+      rows.append(dict(cid=cid, v=v, ref=ref, lr=lr, ref_lr=ref_lr, m=m, se=se, n=len(d_eq),
+                       verdict=verdict.split(' (')[0].strip('*'), time_verdict=tv, line=line))
+  return rows
+
+
+def fidelity_section(out_dir, speed_rows, rel):
+  from altup_t5x.benchmarks import fidelity as fid  # pylint: disable=g-import-not-at-top
+  runs = fid.load_runs(out_dir)
+  planned = fid.plan(runs)
+  speed_rows = _study_speed_rows(out_dir, speed_rows)
   done = [s for s in planned if s['name'] in runs]
   out = ['## Fidelity: does our AltUp reproduce the paper\'s claims?', '',
          'Command (resumable: each run is cached in `benchmarks/fidelity/runs/`, present runs are '
@@ -624,7 +678,8 @@ def fidelity_section(out_dir, speed_rows, rel):
              f'{k2_lr if k2_lr is not None else "not yet swept"}; K=1 models (MoE, Sequence-AltUp, '
              f'stride-and-skip, dense 2d): the baseline\'s, '
              f'{base_lr if base_lr is not None else f"sweep incomplete: {fid.DEFAULT_LR} assumed"}) '
-             'and, for claims (a)-(c), also both models at the baseline\'s best. The sweep is '
+             'and also both models at the baseline\'s best (for (d)-(g) the `lr_check` part). '
+             'The sweep is '
              f'{fid.SWEEP_STEPS} steps long: at {fid.FULL_STEPS} steps the best LR can differ (the '
              'verdict table shows both).')
   out.append('')
@@ -636,69 +691,28 @@ def fidelity_section(out_dir, speed_rows, rel):
              'reference mean +- std | paired d by seed | mean d +- SE | equal wall-clock mean d | '
              'verdict |')
   out.append('|---|---|---|---|---:|---:|---|---:|---:|---|')
-  gains, rows = {}, []
-  for cid, (statement, v, ref, n_seeds, scale) in fid.CLAIMS.items():
-    for pair_index, (lr, ref_lr) in enumerate(fid.claim_pairs(runs, cid)):
-      d_eq, d_time, vl, rl = [], [], [], []
-      for seed in range(n_seeds):
-        rv = runs.get(fid.run_name(scale, v, 'rsqrt', lr, seed, fid.FULL_STEPS))
-        rr = runs.get(fid.run_name(scale, ref, 'rsqrt', ref_lr, seed, fid.FULL_STEPS))
-        if not (rv and rr):
-          continue
-        n = fid.FULL_STEPS
-        lv, lr_ = rv['eval'][-1][2], rr['eval'][-1][2]
-        vl.append(lv)
-        rl.append(lr_)
-        d_eq.append(lr_ - lv)
-        rv_s, rr_s = _speed_ratio(speed_rows, v), _speed_ratio(speed_rows, ref)
-        if rv_s and rr_s:
-          q = rv_s / rr_s
-          if q >= 1:
-            d_time.append(lr_ - _interp(rv['eval'], n / q))
-          else:
-            d_time.append(_interp(rr['eval'], n * q) - lv)
-      verdict, m, se = _verdict(d_eq)
-      if cid == 'b' and verdict == 'reproduced':
-        ga = gains.get(pair_index)
-        ratio = _speed_ratio(speed_rows, v)
-        if ga is None or not math.isfinite(ga) or m < 0.5 * ga or (ratio or 9) > 1.05:
-          verdict = (f'**not reproduced** (gain {m:.4f} vs K=2\'s '
-                     f'{ga if ga is not None else float("nan"):.4f}, step {ratio}x)')
-      if cid == 'a':
-        gains[pair_index] = m
-      tv, _, _ = _verdict(d_time)
-      mt, _ = _mean_std(d_time)
-      if d_eq:
-        rows.append(dict(cid=cid, v=v, ref=ref, lr=lr, ref_lr=ref_lr, m=m, n=len(d_eq),
-                         verdict=verdict.split(' (')[0].strip('*'), time_verdict=tv))
-      vm, vs = _mean_std(vl)
-      rm, rs = _mean_std(rl)
-      out.append(
-          f'| ({cid}) | {statement} | {v} ({lr:g}) vs {ref} ({ref_lr:g}) | eval loss at step '
-          f'{fid.FULL_STEPS} | {vm:.4f} +- {vs:.4f} | {rm:.4f} +- {rs:.4f} | '
-          f'{" ".join(f"{d:+.4f}" for d in d_eq) or "-"} | '
-          f'{m:+.4f} +- {se:.4f} | {mt:+.4f} ({tv}) | {verdict}'
-          f'{"" if len(d_eq) >= n_seeds else f" ({len(d_eq)}/{n_seeds} seeds run)"} |'
-          .replace('+nan +- nan', 'n/a').replace('nan +- nan', 'not yet run').replace(
-              '+nan', 'n/a'))
+  rows = _claim_rows(runs, fid, speed_rows)
+  out += [r['line'] for r in rows]
   out.append('')
   if rows:
-    out.append(_fidelity_reading(rows, runs, fid))
+    out.append(_fidelity_reading([r for r in rows if r['n']], runs, fid))
     out.append('')
 
   # (a) in the paper's framing.
-  reach = []
-  for seed in range(3):
-    rv = runs.get(fid.run_name('study', 'altup_k2', 'rsqrt', base_lr or fid.DEFAULT_LR, seed,
-                               fid.FULL_STEPS))
-    rb = runs.get(fid.run_name('study', 'baseline', 'rsqrt', base_lr or fid.DEFAULT_LR, seed,
-                               fid.FULL_STEPS))
-    if rv and rb:
-      reach.append(_reach(rb['eval'], rv['eval'][-1][2]))
-  if reach:
-    out.append('(a), the paper\'s speed-up framing: baseline steps to reach AltUp K=2\'s final loss, '
-               'by seed: ' + ', '.join('not reached in %d' % fid.FULL_STEPS if x is None else
-                                      f'{x:.0f}' for x in reach) + '.')
+  framing = []
+  for v_lr, b_lr in fid.claim_pairs(runs, 'a'):
+    reach = []
+    for seed in range(fid.CLAIMS['a'][3]):
+      rv = runs.get(fid.run_name('study', 'altup_k2', 'rsqrt', v_lr, seed, fid.FULL_STEPS))
+      rb = runs.get(fid.run_name('study', 'baseline', 'rsqrt', b_lr, seed, fid.FULL_STEPS))
+      if rv and rb:
+        reach.append(_reach(rb['eval'], rv['eval'][-1][2]))
+    if reach:
+      framing.append(f'AltUp K=2 at {v_lr:g}, baseline at {b_lr:g}: ' + ', '.join(
+          'not reached in %d' % fid.FULL_STEPS if x is None else f'{x:.0f}' for x in reach))
+  if framing:
+    out.append('(a), the paper\'s speed-up framing: baseline steps to reach AltUp K=2\'s final loss '
+               '(eval every 100 steps, interpolated), by seed: ' + '; '.join(framing) + '.')
     out.append('')
 
   out.append(ablation_section(runs, fid))
@@ -846,5 +860,17 @@ def fidelity_summary(out_dir):
   runs = fid.load_runs(out_dir)
   planned = fid.plan(runs)
   n = sum(1 for s in planned if s['name'] in runs)
-  return (f'- Fidelity study (the paper\'s claims, seeds, LR sweep): {n} of {len(planned)} planned '
-          f'runs done; verdicts and the quickstart-gap ablation in BENCHMARKS.md, "Fidelity".')
+  rows = [r for r in _claim_rows(runs, fid, _study_speed_rows(
+      out_dir, read_csv(os.path.join(out_dir, 'speed.csv')))) if r['n']]
+  said = lambda verdict: '; '.join(
+      f'({r["cid"]}) {r["v"]} vs {r["ref"]} at peak LR {r["lr"]:g}/{r["ref_lr"]:g} '
+      f'{r["m"]:+.4f} +- {r["se"]:.4f} nats ({r["n"]} seeds)'
+      for r in rows if r['verdict'] == verdict) or 'none'
+  head = (f'- Fidelity study (the paper\'s claims, seeds, LR sweep, d=64 4+4 layers, '
+          f'{fid.FULL_STEPS} steps): {n} of {len(planned)} planned runs done; ')
+  if not rows:
+    return head + 'verdicts and the quickstart-gap ablation in BENCHMARKS.md, "Fidelity".'
+  return (head + f'reproduced (paired eval-loss gain > 2 SE): {said("reproduced")}. The opposite '
+          f'significant: {said("not reproduced")}. Inconclusive: '
+          f'{sum(r["verdict"] == "inconclusive" for r in rows)} of {len(rows)} claim x LR pairs. '
+          'Table, rule and the quickstart-gap ablation: BENCHMARKS.md, "Fidelity".')
