@@ -27,8 +27,14 @@ remat_policy, one_hot_embedding):
   sown MoE metrics are stacked at axis 0 (T5X's models read `Transformer.scan_layers` and then
   expect the cache's batch axis at 1). The relative position bias stays one table per stack,
   computed outside the scan and broadcast into it.
-- remat_policy: each T5.1.1 layer (not the cheap AltUp predict/correct around it) is wrapped in
-  `flax.linen.partitioning.remat` with prevent_cse = not scan_layers, as scalable_t5. Measured
+- remat_policy: `flax.linen.partitioning.remat` with prevent_cse = not scan_layers, as scalable_t5.
+  Scanned, it wraps the scan body: the group of `layer_period` layers with AltUp's coefficients,
+  predict and correct, so the backward pass keeps one [b, l, K, d] carry per group and recomputes
+  the rest. Wrapping only the T5.1.1 layers (the first version) left each layer's predict/correct
+  residuals ([b, l, K, d] each) saved: `python -m altup_t5x.plan` of `c4_xl_altup_k2` on 4x8 with
+  'full' (2026-11-30) gave 38.9 GiB per device that way and 20.4 GiB this way (baseline: 15.3 GiB;
+  PODS.md). Under 'minimal' the saved matmul outputs dominate and both ways need 56.6 GiB.
+  Unrolled, each T5.1.1 layer is wrapped (parameter names stay those of the unrolled stack). Measured
   (scripts/scaling_benchmark.py sweep; T5.1.1-small, batch 8 x 512/114, float32, 1 CPU device):
   XLA temporaries of the train step with 'full' are 0.28x of 'none' when scanned but 0.96x
   unrolled, the same gap as scalable_t5 (0.23x vs 0.95x at large). Why: JAX lowers a differentiated
@@ -221,10 +227,11 @@ def run_layers(cfg: AltUpConfig, x, num_layers: int, layer_call):
 
 
 def encoder_layers(cfg: AltUpConfig, x, num_layers: int, mask, bias, segment_ids, positions,
-                   max_segments: int, deterministic: bool):
+                   max_segments: int, deterministic: bool, remat_layers: bool = True):
   """Encoder layers 0..num_layers-1 (`layers_{i}`, `altup_{i}`, `sequence_altup_{i}`) built in the
-  calling module."""
-  layer_cls = _remat(cfg, EncoderLayer, static_argnums=(3,))
+  calling module; each T5.1.1 layer under cfg.remat_policy if remat_layers (False in a scanned
+  group, which is rematerialised as a whole)."""
+  layer_cls = _remat(cfg, EncoderLayer, static_argnums=(3,)) if remat_layers else EncoderLayer
   layer_modules = [layer_cls(cfg, cfg.is_sparse_layer(i), name=f'layers_{i}')
                    for i in range(num_layers)]
   stride = cfg.sequence_altup_stride
@@ -256,9 +263,11 @@ def encoder_layers(cfg: AltUpConfig, x, num_layers: int, mask, bias, segment_ids
 
 def decoder_layers(cfg: AltUpConfig, y, num_layers: int, encoded, decoder_mask,
                    encoder_decoder_mask, bias, deterministic: bool, decode: bool,
-                   decode_length=None):
-  """Decoder layers 0..num_layers-1 (`layers_{i}`, `altup_{i}`) built in the calling module."""
-  layer_cls = _remat(cfg, DecoderLayer, static_argnums=(5, 6, 7))
+                   decode_length=None, remat_layers: bool = True):
+  """Decoder layers 0..num_layers-1 (`layers_{i}`, `altup_{i}`) built in the calling module;
+  remat_layers as in `encoder_layers`."""
+  layer_cls = (_remat(cfg, DecoderLayer, static_argnums=(5, 6, 7)) if remat_layers
+               else DecoderLayer)
   layer_modules = [layer_cls(cfg, cfg.is_sparse_layer(i), name=f'layers_{i}')
                    for i in range(num_layers)]
   return run_layers(cfg, y, num_layers, lambda i, h: layer_modules[i](
@@ -274,7 +283,7 @@ class EncoderLayerGroup(nn.Module):
   @nn.compact
   def __call__(self, x, mask, bias, segment_ids, positions, deterministic):
     return encoder_layers(self.config, x, self.num_layers, mask, bias, segment_ids, positions,
-                          self.max_segments, deterministic), None
+                          self.max_segments, deterministic, remat_layers=False), None
 
 
 class DecoderLayerGroup(nn.Module):
@@ -286,19 +295,23 @@ class DecoderLayerGroup(nn.Module):
   def __call__(self, y, encoded, decoder_mask, encoder_decoder_mask, bias, deterministic, decode,
                decode_length=None):
     return decoder_layers(self.config, y, self.num_layers, encoded, decoder_mask,
-                          encoder_decoder_mask, bias, deterministic, decode, decode_length), None
+                          encoder_decoder_mask, bias, deterministic, decode, decode_length,
+                          remat_layers=False), None
 
 
-def scanned(module: nn.Module, group_cls, stack_layers: int, num_args: int, **attrs):
+def scanned(module: nn.Module, group_cls, stack_layers: int, num_args: int, static_argnums,
+            **attrs):
   """The stack's layers as one scan over groups of `layer_period` layers (scalable_t5's layout:
   parameters stacked at `param_scan_axis` on the 'layers' logical axis, caches and sown
-  intermediates at axis 0; every call argument broadcast to all groups)."""
+  intermediates at axis 0; every call argument broadcast to all groups). Under a remat policy the
+  whole group body, AltUp's predict/correct included, is rematerialised (scalable_t5 remats its
+  scan body too): the backward pass keeps one [b, l, K, d] carry per group."""
   cfg = module.config
   period = attrs.get('num_layers')
   axis = cfg.param_scan_axis
   params_spec = axis if module.is_mutable_collection('params') else nn_partitioning.ScanIn(axis)
   return nn_partitioning.scan_with_axes(
-      group_cls,
+      _remat(cfg, group_cls, static_argnums),
       variable_axes={'params': params_spec, 'cache': 0, 'intermediates': 0},
       split_rngs={'params': True, 'dropout': True},
       in_axes=(nn.broadcast,) * num_args,
@@ -369,7 +382,7 @@ class Encoder(AltUpStack):
       positions = (sequence.segment_positions(segment_ids) if encoder_positions is None
                    else encoder_positions)
     if cfg.scan_layers:
-      x, _ = scanned(self, EncoderLayerGroup, self.num_layers, 5,
+      x, _ = scanned(self, EncoderLayerGroup, self.num_layers, 5, (5,),
                      num_layers=cfg.layer_period(encoder=True), max_segments=max_segments)(
                          x, encoder_mask, bias, segment_ids, positions, deterministic)
     else:
@@ -394,7 +407,7 @@ class Decoder(AltUpStack):
         dtype=cfg.dtype, name='relpos_bias')(length, length, False)
     y = self.embed(decoder_input_tokens, deterministic)
     if cfg.scan_layers:
-      y, _ = scanned(self, DecoderLayerGroup, self.num_layers, 7,
+      y, _ = scanned(self, DecoderLayerGroup, self.num_layers, 7, (5, 6, 7),
                      num_layers=cfg.layer_period(encoder=False))(
                          y, encoded, decoder_mask, encoder_decoder_mask, bias, deterministic, decode,
                          length)

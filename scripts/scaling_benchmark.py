@@ -40,7 +40,9 @@ from altup_t5x.network import Transformer
 VARIANTS = {'baseline': {}, 'altup_k2': dict(altup_k=2), 'altup_k4': dict(altup_k=4)}
 COLUMNS = ['part', 'size', 'variant', 'scan_layers', 'remat_policy', 'one_hot_embedding', 'batch',
            'inputs', 'targets', 'lower_s', 'compile_s', 'temp_bytes', 'peak_bytes', 'flops',
-           'step_ms', 'step_ms_min', 'step_ms_max', 'param_scan_axis']
+           'step_ms', 'step_ms_min', 'step_ms_max', 'param_scan_axis', 'process']
+# One id per process: `step` ratios compare rows of the same process only (report.py numbers runs).
+PROCESS = time.strftime('%Y-%m-%dT%H:%M:%S') + f'-{os.getpid()}'
 
 
 def config(size, variant, vocab_size=32128, **overrides):
@@ -229,7 +231,7 @@ def run_step(args):
     base = statistics.median(timed['unrolled'][3])
     for name, (cfg, _, _, times) in timed.items():
       med = statistics.median(times)
-      rows.append(row('step', 'small', variant, cfg, shape, step_ms=1e3 * med,
+      rows.append(row('step', 'small', variant, cfg, shape, process=PROCESS, step_ms=1e3 * med,
                       step_ms_min=1e3 * min(times), step_ms_max=1e3 * max(times)))
       print(f'small {variant:9s} {name:20s} step {1e3 * med:8.1f} ms ({med / base:.3f}x of '
             f'unrolled; round medians {1e3 * min(times):.1f}-{1e3 * max(times):.1f})', flush=True)

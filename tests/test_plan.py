@@ -257,3 +257,18 @@ def test_t5x_backend_bytes_equal_independent_count(analytic, monkeypatch):
     assert r['optimizer_bytes_per_device'] == ob + 4, m  # + the step
     if not analytic:
       assert r['temp_bytes_per_device'] > 0 and r['flops_per_step'] > 0
+
+
+def test_readme_planning_numbers_come_from_pods_csv():
+  """The README's per-device figures for the XL/XXL configs are peaks of benchmarks/pods.csv rows."""
+  import re  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(REPO, 'README.md')) as f:
+    readme = f.read()
+  start = readme.index('Before renting a slice')
+  paragraph = readme[start:readme.index('\n\n', start)]
+  cited = re.findall(r'(\d+\.\d) GiB', paragraph)
+  rows = plan.read_csv(os.path.join(REPO, 'benchmarks', 'pods.csv'))
+  peaks = {f'{int(r["peak_bytes_per_device"]) / plan.GiB:.1f}' for r in rows
+           if r['peak_bytes_per_device']}
+  assert len(cited) >= 4, paragraph
+  assert set(cited) <= peaks, sorted(set(cited) - peaks)

@@ -115,9 +115,10 @@ def test_one_hot_embedding_equals_gather():
   _assert_trees_close(flax.core.unfreeze(grads1), flax.core.unfreeze(grads0), rtol=1e-6, atol=0)
 
 
-def test_scanned_cached_decode_equals_full_forward():
+@pytest.mark.parametrize('remat', ['none', 'minimal'])  # the XXL configs decode scanned + minimal
+def test_scanned_cached_decode_equals_full_forward(remat):
   cfg = AltUpConfig(**dict(TINY, altup_k=2, scan_layers=True, num_encoder_layers=2,
-                           num_decoder_layers=2))
+                           num_decoder_layers=2, remat_policy=remat))
   model = models.EncoderDecoderModel(Transformer(cfg), decode_fn='greedy')
   length = 4
   enc = jnp.asarray(np.array([[3, 4, 5, 6, 1], [7, 8, 9, 1, 0]], np.int32))

@@ -356,21 +356,27 @@ def scaling_section(out_dir):
         f', remat {r["remat_policy"]}' if r['remat_policy'] != 'none' else '') + (
             ', one-hot embedding' if r['one_hot_embedding'] == 'True' else '')
     out += ['', 'Train step time at T5.1.1-small, float32, one CPU process (medians of round-robin '
-            'rounds; `scaling_benchmark.py step`, while the fidelity study ran on the same cores); '
-            'the ratio is to the unrolled step measured in the same process (each run starts with '
-            'it):', '',
+            'rounds; `scaling_benchmark.py step`; runs 1-4 while the fidelity study ran on the same '
+            'cores, later runs (rows naming their process in the CSV) on an otherwise idle '
+            'machine); the ratio is to the unrolled step measured in the same process (each run '
+            'starts with it). Run 1\'s altup_k2 remat rows predate rematerialising the whole '
+            'scanned group (AltUp predict/correct included, 2026-11-30); the later altup_k2 run '
+            'measures the current network:', '',
             '| run | variant | batch x inputs/targets | case | step (ms) | round medians (ms) | '
             'ratio to unrolled |',
             '|---:|---|---|---|---:|---:|---:|']
-    run, ref, seen, run_shape = 1, None, set(), None
+    run, ref, seen, run_shape, process = 1, None, set(), None, None
     for r in steps:
       if name(r) == 'unrolled':  # a run's block per variant starts with its unrolled reference
         ref = r
         shape = (r['batch'], r['inputs'], r['targets'])
-        # A new process: a variant again, another shape, or T5X's network (its own environment).
-        if seen and (r['variant'] in seen or shape != run_shape or r['variant'] == 'scalable_t5'):
+        if r.get('process') or process:  # rows that name their process
+          if seen and r.get('process') != process:
+            run, seen = run + 1, set()
+        # Older rows: a new process is a variant again, another shape, or T5X's network.
+        elif seen and (r['variant'] in seen or shape != run_shape or r['variant'] == 'scalable_t5'):
           run, seen = run + 1, set()
-        run_shape = shape
+        run_shape, process = shape, r.get('process')
         seen.add(r['variant'])
       out.append(f'| {run} | {r["variant"]} | {r["batch"]} x {r["inputs"]}/{r["targets"]} | '
                  f'{name(r)} | {_f(float(r["step_ms"]), 1)} | '
