@@ -10,6 +10,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -261,7 +262,6 @@ def test_t5x_backend_bytes_equal_independent_count(analytic, monkeypatch):
 
 def test_readme_planning_numbers_come_from_pods_csv():
   """The README's per-device figures for the XL/XXL configs are peaks of benchmarks/pods.csv rows."""
-  import re  # pylint: disable=g-import-not-at-top
   with open(os.path.join(REPO, 'README.md')) as f:
     readme = f.read()
   start = readme.index('Before renting a slice')
