@@ -11,10 +11,16 @@ setup (arXiv 2301.13310; ALTUP.md section 4): C4 span-corruption pretraining for
 exact command line. The generated files are committed; edit this script, not them.
 """
 import argparse
+import csv
 import dataclasses
 import os
 import sys
 from typing import Dict, List, Tuple
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # this checkout's altup_t5x
+
+from altup_t5x.plan import CHIPS, GiB  # pylint: disable=g-import-not-at-top
 
 SIZES = ('small', 'base', 'large', 'xl')
 # Pretraining only (the paper stops at XL): XXL, as T5X's scalable_t5 runs it.
@@ -33,7 +39,15 @@ SIZE_NAMES = {'small': 'T5.1.1-Small', 'base': 'T5.1.1-Base', 'large': 'T5.1.1-L
 NUM_PARTITIONS = {'small': 1, 'base': 1, 'large': 1, 'xl': 8, 'xxl': 16}
 # Network scaling options per size: XXL scans its layers and keeps only matmul outputs without
 # batch dims for the backward pass, as T5X's scalable_t5/t5_1_1/xxl.gin.
-SCALING = {'xxl': "SCAN_LAYERS = True\nREMAT_POLICY = 'minimal'\n"}
+# (SCAN_LAYERS, REMAT_POLICY) where a size differs from gin/t5_1_1/arch.gin's (False, 'none').
+SCALING = {'xxl': (True, 'minimal')}
+
+
+def _scaling(size: str) -> str:
+  if size not in SCALING:
+    return ''
+  scan, remat = SCALING[size]
+  return f"SCAN_LAYERS = {scan}\nREMAT_POLICY = '{remat}'\n"
 
 PRETRAIN_STEPS = 500_000
 FINETUNE_STEPS = 50_000
@@ -103,6 +117,38 @@ def _partitions(size: str) -> str:
   return f'partitioning.PjitPartitioner.num_partitions = {n}\n'
 
 
+def _memory(name: str, size: str) -> List[str]:
+  """Header lines: the per-device peak of every compiled plan of this config in
+  benchmarks/pods.csv (PODS.md), so a user sees what fits before launching."""
+  path = os.path.join(ROOT, 'benchmarks', 'pods.csv')
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    rows = [r for r in csv.DictReader(f) if r['config'] == name and r['mode'] == 'compiled']
+  if not rows:
+    return []
+  scan, remat = SCALING.get(size, (False, 'none'))
+  shipped = (str(scan), remat)
+  out = ['', 'Per-device peak memory of one train step, planned by `python -m altup_t5x.plan` '
+         '(PODS.md; compiled', 'for simulated devices: XLA:CPU\'s estimate, not a guarantee for '
+         'the accelerator). Mesh: data x model', '(model = partitioning.PjitPartitioner.'
+         'num_partitions). Other settings are gin overrides, e.g.',
+         '--gin.SCAN_LAYERS=True --gin.REMAT_POLICY="\'full\'".']
+  for r in sorted(rows, key=lambda r: (int(r['devices']), r['scan_layers'] != shipped[0],
+                                       r['remat_policy'] != shipped[1], r['scan_layers'],
+                                       r['remat_policy'])):
+    need = int(float(r['peak_bytes_per_device']))
+    fits = [c for c in sorted(CHIPS) if need <= CHIPS[c]]
+    model = int(r['mesh'].split('x')[1])
+    tag = ' (shipped)' if (r['scan_layers'], r['remat_policy'], model) == (
+        *shipped, NUM_PARTITIONS[size]) else ''
+    mp = '' if model == NUM_PARTITIONS[size] else f', num_partitions {model}'
+    out.append(f'  {r["devices"]} devices ({r["mesh"]}{mp}), scan {r["scan_layers"]}, remat '
+               f'{r["remat_policy"]}{tag}: {need / GiB:.1f} GiB; fits: '
+               + (', '.join(fits) or 'none'))
+  return out
+
+
 def pretrain(size: str, variant: str) -> Tuple[str, str]:
   name = f'c4_{size}_{variant}'
   path = f'configs/pretrain/{name}.gin'
@@ -113,7 +159,8 @@ def pretrain(size: str, variant: str) -> Tuple[str, str]:
        '(the AltUp paper\'s setup),',
        'inverse-square-root learning rate with 10k warmup and dropout 0 (T5X\'s T5.1.1 C4 '
        'pretraining).', '',
-       'C4 (TFDS c4/en:3.1.0) must be prepared in --tfds_data_dir beforehand.'],
+       'C4 (TFDS c4/en:3.1.0) must be prepared in --tfds_data_dir beforehand.',
+       *_memory(name, size)],
       ['t5x.train', f'--gin_file={path}', f'--gin.MODEL_DIR="\'{model_dir}\'"',
        f'--tfds_data_dir=gs://{BUCKET}/tensorflow_datasets'])
   body = f"""from __gin__ import dynamic_registration
@@ -131,7 +178,7 @@ USE_CACHED_TASKS = False  # the altup_* tasks preprocess on the fly
 
 train_script.train.eval_period = 5000
 utils.SaveCheckpointConfig.period = 5000
-{_partitions(size)}{SCALING.get(size, '')}"""
+{_partitions(size)}{_scaling(size)}"""
   return path, head + body
 
 
@@ -167,7 +214,7 @@ USE_CACHED_TASKS = False  # the altup_* tasks preprocess on the fly
 EVAL_PERIOD = 5000
 
 utils.SaveCheckpointConfig.period = 5000
-{_partitions(size)}{SCALING.get(size, '')}"""
+{_partitions(size)}{_scaling(size)}"""
   return path, head + body
 
 

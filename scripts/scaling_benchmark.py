@@ -5,8 +5,12 @@
     nice -n 19 python scripts/scaling_benchmark.py step                            # step times, small
     nice -n 19 python scripts/scaling_benchmark.py sweep --sizes large base           # both first
     nice -n 19 python scripts/scaling_benchmark.py embedding                       # one-hot vs gather
+    python scripts/scaling_benchmark.py profile       # where a scanned step's extra time goes (CPU)
 
-Each part prints a table and appends its rows to benchmarks/scaling.csv (--csv).
+Each part prints a table and appends its rows to benchmarks/scaling.csv (--csv); `profile` to
+benchmarks/scaling_profile.csv (--profile_csv). Rows record the process's malloc (`allocator`):
+XLA:CPU allocates a step's buffers anew each call, so on CPU the allocator is part of a step time
+(e.g. `LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2` from Debian's libjemalloc2).
 
 Method (as scripts/benchmark.py): the train step is the runner's (loss, gradients, Adafactor update)
 on one CPU device, float32, batch 8 x 512/114 (T5X's anchor setup for scalable_t5), compiled ahead
@@ -22,6 +26,7 @@ step's FLOPs (use the unrolled row's).
 import argparse
 import csv
 import os
+import resource
 import statistics
 import sys
 import time
@@ -40,9 +45,20 @@ from altup_t5x.network import Transformer
 VARIANTS = {'baseline': {}, 'altup_k2': dict(altup_k=2), 'altup_k4': dict(altup_k=4)}
 COLUMNS = ['part', 'size', 'variant', 'scan_layers', 'remat_policy', 'one_hot_embedding', 'batch',
            'inputs', 'targets', 'lower_s', 'compile_s', 'temp_bytes', 'peak_bytes', 'flops',
-           'step_ms', 'step_ms_min', 'step_ms_max', 'param_scan_axis', 'process']
+           'step_ms', 'step_ms_min', 'step_ms_max', 'param_scan_axis', 'process', 'allocator']
 # One id per process: `step` ratios compare rows of the same process only (report.py numbers runs).
 PROCESS = time.strftime('%Y-%m-%dT%H:%M:%S') + f'-{os.getpid()}'
+
+
+def allocator():
+  """The process's malloc: XLA:CPU allocates each step's buffers anew, so the allocator is part of
+  what a CPU step time measures (`LD_PRELOAD=libjemalloc.so.2` is recorded as 'jemalloc')."""
+  preload = os.environ.get('LD_PRELOAD', '')
+  for name in ('jemalloc', 'tcmalloc', 'mimalloc'):
+    if name in preload:
+      conf = os.environ.get('MALLOC_CONF', '')
+      return f'{name} {conf}' if conf else name
+  return 'glibc'
 
 
 def config(size, variant, vocab_size=32128, **overrides):
@@ -81,7 +97,7 @@ def aot(cfg, batch=8, inputs=512, targets=114):
 def row(part, size, variant, cfg, shape, **values):
   out = dict(part=part, size=size, variant=variant, scan_layers=cfg.scan_layers,
              remat_policy=cfg.remat_policy, one_hot_embedding=cfg.one_hot_embedding,
-             param_scan_axis=cfg.param_scan_axis, **shape)
+             param_scan_axis=cfg.param_scan_axis, allocator=allocator(), **shape)
   out.update(values)
   return out
 
@@ -187,36 +203,52 @@ def run_sweep(args):
   return rows
 
 
+STEP_CASES = {
+    'unrolled': dict(),
+    'scanned': dict(scan_layers=True),
+    'scanned_axis0': dict(scan_layers=True, param_scan_axis=0),
+    'remat_minimal': dict(remat_policy='minimal'),
+    'remat_full': dict(remat_policy='full'),
+    'scanned_remat_full': dict(scan_layers=True, remat_policy='full'),
+    'one_hot': dict(one_hot_embedding=True),
+}
+
+
+def step_cases(only):
+  """The cases to run: `only` (validated) plus the unrolled reference, in STEP_CASES's order."""
+  unknown = sorted(set(only or ()) - set(STEP_CASES))
+  if unknown:
+    raise SystemExit(f'ERROR: --only {unknown}: unknown case(s); expected some of {list(STEP_CASES)}')
+  return {k: v for k, v in STEP_CASES.items() if not only or k in only or k == 'unrolled'}
+
+
+def real_step(variant, shape, overrides):
+  """T5.1.1-small's compiled train step on real parameters, called once: (cfg, fn, state); each
+  call `state[0], state[1] = fn(*state)[:2]` (parameters and optimizer state are donated)."""
+  cfg = config('small', 'baseline' if variant == 'scalable_t5' else variant, **overrides)
+  module = Transformer(cfg) if variant != 'scalable_t5' else scalable_t5(cfg)
+  optimizer = bm.make_optimizer()
+  rng = jax.random.PRNGKey(0)
+  data = bm.random_batch(rng, cfg.vocab_size, **shape)
+  params = module.init(rng, data['encoder_input_tokens'][:1], data['decoder_input_tokens'][:1],
+                       data['decoder_target_tokens'][:1], enable_dropout=False)['params']
+  state = [params, optimizer.init(params), data, rng]
+  fn = jax.jit(bm.make_train_step(module, optimizer), donate_argnums=(0, 1))
+  out = fn(*state)
+  jax.block_until_ready(out)
+  state[0], state[1] = out[0], out[1]
+  return cfg, fn, state
+
+
 def run_step(args):
   batch, inputs, targets = (int(x) for x in args.shape.split(','))
   shape = dict(batch=batch, inputs=inputs, targets=targets)
-  cases = {
-      'unrolled': dict(),
-      'scanned': dict(scan_layers=True),
-      'scanned_axis0': dict(scan_layers=True, param_scan_axis=0),
-      'remat_minimal': dict(remat_policy='minimal'),
-      'remat_full': dict(remat_policy='full'),
-      'scanned_remat_full': dict(scan_layers=True, remat_policy='full'),
-      'one_hot': dict(one_hot_embedding=True),
-  }
-  if args.only:
-    cases = {k: v for k, v in cases.items() if k in args.only or k == 'unrolled'}
+  cases = step_cases(args.only)
   rows = []
   for variant in args.variants:
     timed = {}
     for name, overrides in cases.items():
-      cfg = config('small', 'baseline' if variant == 'scalable_t5' else variant, **overrides)
-      module = Transformer(cfg) if variant != 'scalable_t5' else scalable_t5(cfg)
-      optimizer = bm.make_optimizer()
-      rng = jax.random.PRNGKey(0)
-      data = bm.random_batch(rng, cfg.vocab_size, **shape)
-      params = module.init(rng, data['encoder_input_tokens'][:1], data['decoder_input_tokens'][:1],
-                           data['decoder_target_tokens'][:1], enable_dropout=False)['params']
-      state = [params, optimizer.init(params), data, rng]
-      fn = jax.jit(bm.make_train_step(module, optimizer), donate_argnums=(0, 1))
-      out = fn(*state)
-      jax.block_until_ready(out)
-      state[0], state[1] = out[0], out[1]
+      cfg, fn, state = real_step(variant, shape, overrides)
       timed[name] = (cfg, fn, state, [])
     for _ in range(args.rounds):
       for name, (cfg, fn, state, times) in timed.items():
@@ -236,6 +268,65 @@ def run_step(args):
       print(f'small {variant:9s} {name:20s} step {1e3 * med:8.1f} ms ({med / base:.3f}x of '
             f'unrolled; round medians {1e3 * min(times):.1f}-{1e3 * max(times):.1f})', flush=True)
     append_csv(args.csv, rows[-len(timed):])
+  return rows
+
+
+PROFILE_COLUMNS = ['process', 'allocator', 'variant', 'case', 'batch', 'inputs', 'targets',
+                   'rounds', 'calls',
+                   'step_ms', 'traced_ms', 'minor_faults', 'category', 'core_ms', 'ops']
+
+
+def run_profile(args):
+  """Per-category op time of the small train step, unrolled vs scanned (`altup_t5x/benchmarks/
+  xla_profile.py`): what the scanned step's extra time is made of. All cases are built and warmed
+  up first, untraced step times are round-robin medians as in `step` (a case measured alone
+  first in a process pays the allocator's warm-up), then each case is traced for --steps calls.
+  Rows go to --profile_csv."""
+  from altup_t5x.benchmarks import xla_profile  # pylint: disable=g-import-not-at-top
+  batch, inputs, targets = (int(x) for x in args.shape.split(','))
+  shape = dict(batch=batch, inputs=inputs, targets=targets)
+  cases = step_cases(args.only or ['scanned', 'scanned_axis0'])
+  rows = []
+  for variant in args.variants:
+    calls = {}
+    for name, overrides in cases.items():
+      _, fn, state = real_step(variant, shape, overrides)
+
+      def call(fn=fn, state=state):
+        out = fn(*state)
+        state[0], state[1] = out[0], out[1]
+        return out
+
+      calls[name] = call
+    times = {name: [] for name in calls}
+    faults = {name: [] for name in calls}
+    for r in range(args.rounds + 1):  # round 0 warms every case up
+      for name, call in calls.items():
+        for _ in range(args.steps):
+          f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+          t0 = time.perf_counter()
+          jax.block_until_ready(call())
+          if r:
+            times[name].append(time.perf_counter() - t0)
+            faults[name].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+    for name, call in calls.items():
+      cats, traced = xla_profile.trace_ops(call, args.steps)
+      step = 1e3 * statistics.median(times[name])
+      fault = statistics.median(faults[name])
+      for cat, (ms, ops) in cats.items():
+        rows.append(dict(process=PROCESS, allocator=allocator(), variant=variant, case=name,
+                         rounds=args.rounds, calls=args.steps, step_ms=step, traced_ms=traced, minor_faults=fault,
+                         category=cat, core_ms=ms, ops=ops, **shape))
+      print(f'small {variant} {name}: step {step:.1f} ms untraced ({fault:.0f} page faults), '
+            f'{traced:.1f} ms traced; '
+            + ', '.join(f'{c} {ms:.1f}' for c, (ms, _) in cats.items()), flush=True)
+  path = args.profile_csv
+  new = not os.path.exists(path)
+  with open(path, 'a', newline='') as f:
+    writer = csv.DictWriter(f, fieldnames=PROFILE_COLUMNS)
+    if new:
+      writer.writeheader()
+    writer.writerows(rows)
   return rows
 
 
@@ -288,12 +379,15 @@ def run_embedding(args):
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('part', choices=('compile', 'memory', 'step', 'sweep', 'embedding'))
+  parser.add_argument('part', choices=('compile', 'memory', 'step', 'sweep', 'embedding',
+                                       'profile'))
   parser.add_argument('--cases', type=int, default=6, help='sweep: how many of its 6 cases')
   parser.add_argument('--shape', default='2,128,32',
-                      help='step: batch,inputs,targets (default: scripts/benchmark.py\'s small shape)')
+                      help='step, profile: batch,inputs,targets (default: scripts/benchmark.py\'s '
+                           'small shape)')
   parser.add_argument('--only', nargs='+', default=None,
-                      help='step: these cases only (with unrolled, the reference): unrolled, '
+                      help='step, profile: these cases only (with unrolled, the reference; '
+                           'profile\'s default: scanned scanned_axis0): unrolled, '
                            'scanned, scanned_axis0, remat_minimal, remat_full, scanned_remat_full, '
                            'one_hot')
   parser.add_argument('--redo', action='store_true', help='sweep: compile cases already in the CSV')
@@ -304,9 +398,11 @@ def main(argv=None):
   parser.add_argument('--rounds', type=int, default=5)
   parser.add_argument('--steps', type=int, default=4)
   parser.add_argument('--csv', default=os.path.join(ROOT, 'benchmarks', 'scaling.csv'))
+  parser.add_argument('--profile_csv',
+                      default=os.path.join(ROOT, 'benchmarks', 'scaling_profile.csv'))
   args = parser.parse_args(argv)
   {'compile': run_compile, 'memory': run_memory, 'step': run_step, 'sweep': run_sweep,
-   'embedding': run_embedding}[
+   'embedding': run_embedding, 'profile': run_profile}[
       args.part](args)
 
 

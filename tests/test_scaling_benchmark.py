@@ -30,3 +30,71 @@ def test_sweep_writes_rows_and_resumes(tmp_path, capsys):
   assert capsys.readouterr().out.count('(in the CSV already)') == 3
   with open(path) as f:
     assert len(list(csv.DictReader(f))) == 4
+
+
+def test_step_cases_rejects_an_unknown_case():
+  sb = _load()
+  assert list(sb.step_cases(['scanned_axis0'])) == ['unrolled', 'scanned_axis0']
+  try:
+    sb.step_cases(['scaned'])
+  except SystemExit as e:
+    assert "['scaned']" in str(e) and 'scanned_axis0' in str(e)
+  else:
+    raise AssertionError('an unknown --only case was accepted')
+
+
+def test_op_categories_sum_executed_instructions_per_call():
+  from altup_t5x.benchmarks import xla_profile
+  events = [
+      dict(ph='X', name='ynn_fusion.3', dur=3000.0),
+      dict(ph='X', name='dot.7', dur=1000.0),
+      dict(ph='X', name='bitcast_dynamic-update-slice_fusion.31', dur=500.0),
+      dict(ph='X', name='dynamic-slice_bitcast_fusion.2', dur=250.0),
+      dict(ph='X', name='subtract_dynamic-slice_fusion', dur=250.0),
+      dict(ph='X', name='wrapped_broadcast.4', dur=400.0),
+      dict(ph='X', name='copy.12', dur=200.0),
+      dict(ph='X', name='copy_bitcast_fusion.1', dur=100.0),
+      dict(ph='X', name='while.6', dur=60.0),
+      dict(ph='X', name='multiply_add_fusion', dur=40.0),
+      # Not executed instructions: runtime and Python frames, async ends, other phases.
+      dict(ph='X', name='ThunkExecutor::Execute', dur=9e6),
+      dict(ph='X', name='$api.py:2479 block_until_ready', dur=9e6),
+      dict(ph='X', name='end: ynn_fusion', dur=9e6),
+      dict(ph='X', name='PjitFunction(<lambda>)', dur=9e6),
+      dict(ph='i', name='dot.8', dur=9e6),
+  ]
+  got = xla_profile.op_categories(events, calls=2)
+  assert got == {
+      'matmul': (2.0, 1.0),
+      'stack write (dynamic-update-slice)': (0.25, 0.5),
+      'slice read (dynamic-slice)': (0.25, 1.0),
+      'zero fill (broadcast)': (0.2, 0.5),
+      'copy': (0.1, 0.5),
+      'transpose / layout copy': (0.05, 0.5),
+      'while loop control': (0.03, 0.5),
+      'other ops': (0.02, 0.5),
+  }
+  assert list(got) == xla_profile.ORDER  # the report's row order
+
+
+def test_a_real_profile_sees_a_scans_stacking_and_its_matmuls():
+  """XLA:CPU names its trace events after the instructions: the categories find a scan's stack
+  writes and matmuls in a real trace (guards against a jaxlib that renames them)."""
+  import jax
+  import jax.numpy as jnp
+  from altup_t5x.benchmarks import xla_profile
+
+  def f(w, x):
+    def body(h, w_l):
+      h = jnp.tanh(h @ w_l)
+      return h, h  # the stacked output is written with dynamic-update-slice
+    return jax.lax.scan(body, x, w)
+
+  w, x = jnp.ones((4, 64, 64)) / 64, jnp.ones((32, 64))
+  fn = jax.jit(f)
+  jax.block_until_ready(fn(w, x))
+  cats, wall_ms = xla_profile.trace_ops(lambda: fn(w, x), calls=3)
+  assert wall_ms > 0
+  assert cats['matmul'][1] >= 4  # one per layer at least
+  assert cats['stack write (dynamic-update-slice)'][1] >= 4
+  assert all(ms >= 0 for ms, _ in cats.values())

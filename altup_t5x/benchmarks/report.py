@@ -354,7 +354,9 @@ def scaling_section(out_dir):
     name = lambda r: ('scanned' + (', param_scan_axis 0' if r.get('param_scan_axis') == '0' else '')
                       if r['scan_layers'] == 'True' else 'unrolled') + (
         f', remat {r["remat_policy"]}' if r['remat_policy'] != 'none' else '') + (
-            ', one-hot embedding' if r['one_hot_embedding'] == 'True' else '')
+            ', one-hot embedding' if r['one_hot_embedding'] == 'True' else '') + (
+                f', {malloc(r["allocator"])}' if r.get('allocator', 'glibc') not in ('', 'glibc')
+                else '')
     out += ['', 'Train step time at T5.1.1-small, float32, one CPU process (medians of round-robin '
             'rounds; `scaling_benchmark.py step`; runs 1-4 while the fidelity study ran on the same '
             'cores, later runs (rows naming their process in the CSV) on an otherwise idle '
@@ -382,7 +384,110 @@ def scaling_section(out_dir):
                  f'{name(r)} | {_f(float(r["step_ms"]), 1)} | '
                  f'{_f(float(r["step_ms_min"]), 1)}-{_f(float(r["step_ms_max"]), 1)} | '
                  f'{_f(float(r["step_ms"]) / float(ref["step_ms"]), 3)}x |')
+  profile = scaling_profile_section(out_dir)
+  if profile:
+    out += ['', profile]
   return '\n'.join(out) + '\n'
+
+
+def malloc(allocator):
+  """'jemalloc retain:true,...' -> 'jemalloc (retain)': the allocator a CPU step ran with."""
+  if not allocator:
+    return 'glibc'
+  return allocator.split()[0] + (' (retain)' if 'retain:true' in allocator else '')
+
+
+PROFILE_CASES = (('unrolled', 'unrolled'), ('scanned', 'scanned'),
+                 ('scanned_axis0', 'scanned, param_scan_axis 0'))
+
+
+def scaling_profile_section(out_dir):
+  """Where a scanned step's extra time goes on CPU (`scaling_benchmark.py profile`), one table
+  per profiled process; '' when nothing was profiled."""
+  from altup_t5x.benchmarks import xla_profile  # pylint: disable=g-import-not-at-top
+  rows = read_csv(os.path.join(out_dir, 'scaling_profile.csv'))
+  if not rows:
+    return ''
+  runs = []
+  for r in rows:
+    if not runs or runs[-1][0] != r['process']:
+      runs.append((r['process'], []))
+    runs[-1][1].append(r)
+  out = ['Where the scanned step\'s extra time goes on CPU (`scaling_benchmark.py profile`, raw '
+         'numbers in `scaling_profile.csv`): XLA:CPU\'s trace events of the same train step, one '
+         'per executed instruction, summed by kind (`altup_t5x/benchmarks/xla_profile.py`), in '
+         'core-milliseconds per step (two cores busy at once count twice, so a column exceeds the '
+         'wall time; the profiler itself slows the step, compare the traced and untraced rows). '
+         'What the kinds are: JAX\'s scan (under `nn.scan`) returns every per-layer value the '
+         'backward pass needs, and the gradients of the stacked parameters, in [layers, ...] '
+         'buffers that it first fills with zeros (`zero fill`, and a `copy` of the zeros per '
+         'buffer) and then writes one layer slice per iteration (`stack write`); the backward loop '
+         'reads them back a slice at a time (`slice read`), as the forward loop reads each layer\'s '
+         'parameters. An unrolled program writes each of these values once, where it is computed. '
+         'With `param_scan_axis` 1 (T5X\'s default) the stacked parameters are moved to put the '
+         'layer axis first before the loops and the gradients moved back after them (`transpose '
+         '/ layout copy`, and `copy`); axis 0 saves that. The malloc matters on CPU because '
+         'XLA:CPU allocates each step\'s buffers anew: glibc returns large ones to the kernel and '
+         'the next step takes them back as page faults (the faults row; the scanned step\'s '
+         'stacks add to them), jemalloc with `retain:true` keeps them. None of this is particular '
+         'to this network: T5X\'s own scalable_t5 pays a like ratio in the same process (step '
+         'run 4 above). It was not measured on an accelerator: no accelerator was lent to the '
+         'sessions that measured this.']
+  for i, (process, rs) in enumerate(runs, 1):
+    by = {}
+    for r in rs:
+      by.setdefault(r['case'], {})[r['category']] = float(r['core_ms'])
+    first = rs[0]
+    cases = [(c, label) for c, label in PROFILE_CASES if c in by]
+    head = '| kind of instruction | ' + ' | '.join(
+        label + (' (core-ms)' if c == 'unrolled' else f' | {label} - unrolled')
+        for c, label in cases) + ' |'
+    out += ['', f'Profile run {i}: variant {first["variant"]}, batch {first["batch"]} x '
+            f'{first["inputs"]}/{first["targets"]}, malloc {malloc(first["allocator"])}, '
+            f'{first["rounds"]} round-robin rounds of {first["calls"]} untraced steps, then '
+            f'{first["calls"]} traced steps per case:', '', head,
+            '|---|' + '|'.join('---:' if c == 'unrolled' else '---:|---:' for c, _ in cases) + '|']
+    base = by.get('unrolled', {})
+    for cat in xla_profile.ORDER + ['all instructions']:
+      cells = []
+      for c, _ in cases:
+        val = (sum(by[c].values()) if cat == 'all instructions' else by[c].get(cat, 0.0))
+        ref = sum(base.values()) if cat == 'all instructions' else base.get(cat, 0.0)
+        cells.append(_f(val, 1) if c == 'unrolled' else f'{_f(val, 1)} | {val - ref:+.1f}')
+      out.append(f'| {cat} | ' + ' | '.join(cells) + ' |')
+    u = next((x for x in rs if x['case'] == 'unrolled'), None)
+    for key, label in (('step_ms', 'step, wall ms (untraced, round-robin median)'),
+                       ('traced_ms', 'step, wall ms (traced, mean)'),
+                       ('minor_faults', 'minor page faults per untraced step')):
+      cells = []
+      for c, _ in cases:
+        val = float(next(x for x in rs if x['case'] == c)[key])
+        if c == 'unrolled' or u is None:
+          cells.append(_f(val, 0 if key == 'minor_faults' else 1))
+        elif key == 'minor_faults':  # a difference: the reference may have none
+          cells.append(f'{_f(val, 0)} | {val - float(u[key]):+.0f}')
+        else:
+          cells.append(f'{_f(val, 1)} | {_f(val / float(u[key]), 3)}x')
+      out.append(f'| {label} | ' + ' | '.join(cells) + ' |')
+    reading = []
+    added = [k for k in xla_profile.ORDER if k not in ('matmul', xla_profile.OTHER)]
+    for c, label in cases:
+      if c == 'unrolled' or not base:
+        continue
+      extra = {k: by[c].get(k, 0.0) - base.get(k, 0.0) for k in xla_profile.ORDER}
+      reading.append(
+          f'{label}: the kinds a scan adds or enlarges (all but matmul and other ops) '
+          f'{sum(extra[k] for k in added):+.1f} core-ms, matmul and other ops '
+          f'{extra["matmul"] + extra[xla_profile.OTHER]:+.1f}, all instructions '
+          f'{sum(extra.values()):+.1f}')
+    if reading:
+      out += ['', 'Reading, per step against unrolled: ' + '; '.join(reading) + '. The matmuls are '
+              'the same work in both programs, yet their core-ms differ: an instruction takes '
+              'longer while another runs on the other core (likely shared memory bandwidth), '
+              'and the programs overlap instructions differently; other ops differ also because '
+              'XLA fuses some elementwise work into the stack writes. So the sums locate the '
+              'scan\'s extra work, and the wall-time ratio, not the sum, is its cost.']
+  return '\n'.join(out)
 
 
 README_BEGIN = '<!-- results: generated by `python scripts/benchmark.py report`; do not edit -->'
