@@ -98,3 +98,57 @@ def test_a_real_profile_sees_a_scans_stacking_and_its_matmuls():
   assert cats['matmul'][1] >= 4  # one per layer at least
   assert cats['stack write (dynamic-update-slice)'][1] >= 4
   assert all(ms >= 0 for ms, _ in cats.values())
+
+
+def _step_row(sb, process, scan, allocator, ms, axis=1):
+  row = {k: '' for k in sb.COLUMNS}
+  row.update(part='step', size='small', variant='baseline', scan_layers=str(scan),
+             remat_policy='none', one_hot_embedding='False', batch='8', inputs='512',
+             targets='114', step_ms=str(ms), step_ms_min=str(ms), step_ms_max=str(ms),
+             param_scan_axis=str(axis), process=process, allocator=allocator)
+  return row
+
+
+def test_report_numbers_step_runs_by_process_and_names_the_malloc(tmp_path):
+  """Each process's rows are one run, its ratios to its own unrolled step, whatever the malloc."""
+  from altup_t5x.benchmarks import report
+  sb = _load()
+  sweep = dict(_step_row(sb, '', False, '', ''), part='sweep', lower_s='1', compile_s='2',
+               temp_bytes=str(2**30), peak_bytes=str(2**31))
+  rows = [sweep, _step_row(sb, 'p1', False, '', 2000.0), _step_row(sb, 'p1', True, '', 2500.0),
+          _step_row(sb, 'p2', False, 'jemalloc retain:true', 1000.0),
+          _step_row(sb, 'p2', True, 'jemalloc retain:true', 1100.0, axis=0)]
+  with open(tmp_path / 'scaling.csv', 'w', newline='') as f:
+    writer = csv.DictWriter(f, fieldnames=sb.COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+  text = report.scaling_section(str(tmp_path))
+  assert '| 1 | baseline | 8 x 512/114 | scanned | 2500.0 | 2500.0-2500.0 | 1.250x |' in text
+  assert ('| 2 | baseline | 8 x 512/114 | unrolled, jemalloc (retain) | 1000.0 | 1000.0-1000.0 '
+          '| 1.000x |') in text
+  assert ('| 2 | baseline | 8 x 512/114 | scanned, param_scan_axis 0, jemalloc (retain) | 1100.0 '
+          '| 1100.0-1100.0 | 1.100x |') in text
+
+
+def test_report_profile_table_sums_categories_per_case(tmp_path):
+  from altup_t5x.benchmarks import report
+  sb = _load()
+  base = dict(process='p', allocator='', variant='baseline', batch=2, inputs=128, targets=32,
+              rounds=1, calls=1, traced_ms=10.0)
+  rows = [dict(base, case='unrolled', step_ms=100.0, minor_faults=5, category='matmul',
+               core_ms=80.0, ops=4),
+          dict(base, case='scanned', step_ms=120.0, minor_faults=7, category='matmul',
+               core_ms=70.0, ops=4),
+          dict(base, case='scanned', step_ms=120.0, minor_faults=7,
+               category='stack write (dynamic-update-slice)', core_ms=30.0, ops=8)]
+  with open(tmp_path / 'scaling_profile.csv', 'w', newline='') as f:
+    writer = csv.DictWriter(f, fieldnames=sb.PROFILE_COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+  text = report.scaling_profile_section(str(tmp_path))
+  assert '| matmul | 80.0 | 70.0 | -10.0 |' in text
+  assert '| stack write (dynamic-update-slice) | 0.0 | 30.0 | +30.0 |' in text
+  assert '| all instructions | 80.0 | 100.0 | +20.0 |' in text
+  assert '| step, wall ms (untraced, round-robin median) | 100.0 | 120.0 | 1.200x |' in text
+  assert '| minor page faults per untraced step | 5 | 7 | +2 |' in text
+  assert 'malloc glibc' in text
