@@ -434,6 +434,10 @@ def scaling_profile_section(out_dir):
          'to this network: T5X\'s own scalable_t5 pays a like ratio in the same process (step '
          'run 4 above). It was not measured on an accelerator: no accelerator was lent to the '
          'sessions that measured this.']
+  t5x_runs = [str(i) for i, (_, rs) in enumerate(runs, 1) if rs[0]['variant'] == 'scalable_t5']
+  if t5x_runs:
+    out[0] += (f' Profile run {", ".join(t5x_runs)} profiles T5X\'s scalable_t5 network itself '
+               '(`--variants scalable_t5`, with T5X\'s Python): the same kinds of extra work.')
   for i, (process, rs) in enumerate(runs, 1):
     by = {}
     for r in rs:
