@@ -11,7 +11,6 @@ setup (arXiv 2301.13310; ALTUP.md section 4): C4 span-corruption pretraining for
 exact command line. The generated files are committed; edit this script, not them.
 """
 import argparse
-import csv
 import dataclasses
 import os
 import sys
@@ -20,7 +19,7 @@ from typing import Dict, List, Tuple
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # this checkout's altup_t5x
 
-from altup_t5x.plan import CHIPS, GiB  # pylint: disable=g-import-not-at-top
+from altup_t5x.plan import CHIPS, GiB, fits_table, read_csv  # pylint: disable=g-import-not-at-top
 
 SIZES = ('small', 'base', 'large', 'xl')
 # Pretraining only (the paper stops at XL): XXL, as T5X's scalable_t5 runs it.
@@ -123,8 +122,7 @@ def _memory(name: str, size: str) -> List[str]:
   path = os.path.join(ROOT, 'benchmarks', 'pods.csv')
   if not os.path.exists(path):
     return []
-  with open(path) as f:
-    rows = [r for r in csv.DictReader(f) if r['config'] == name and r['mode'] == 'compiled']
+  rows = [r for r in read_csv(path) if r['config'] == name and r['mode'] == 'compiled']
   if not rows:
     return []
   scan, remat = SCALING.get(size, (False, 'none'))
@@ -138,7 +136,7 @@ def _memory(name: str, size: str) -> List[str]:
                                        r['remat_policy'] != shipped[1], r['scan_layers'],
                                        r['remat_policy'])):
     need = int(float(r['peak_bytes_per_device']))
-    fits = [c for c in sorted(CHIPS) if need <= CHIPS[c]]
+    fits = [chip for chip, fit in fits_table(need, sorted(CHIPS)).items() if fit['fits']]
     model = int(r['mesh'].split('x')[1])
     tag = ' (shipped)' if (r['scan_layers'], r['remat_policy'], model) == (
         *shipped, NUM_PARTITIONS[size]) else ''
@@ -396,7 +394,7 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--check', action='store_true',
                       help='only compare configs/ with what would be written; exit 1 on a difference')
-  parser.add_argument('--root', default=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+  parser.add_argument('--root', default=ROOT,
                       help='repository root (default: this script\'s parent directory)')
   args = parser.parse_args(argv)
   files = all_configs()

@@ -102,21 +102,21 @@ def row(part, size, variant, cfg, shape, **values):
   return out
 
 
-def append_csv(path, rows):
+def append_csv(path, rows, columns=COLUMNS):
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   new = not os.path.exists(path)
   if not new:
     with open(path) as f:
       old = list(csv.DictReader(f))
-      header = list(old[0].keys()) if old else COLUMNS
-    if header != COLUMNS:  # a CSV written before a column was added: rewrite it with the new header
+      header = list(old[0].keys()) if old else columns
+    if header != columns:  # a CSV written before a column was added: rewrite it with the new header
       with open(path + '.tmp', 'w', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction='ignore')
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction='ignore')
         writer.writeheader()
         writer.writerows(old)
       os.replace(path + '.tmp', path)
   with open(path, 'a', newline='') as f:
-    writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction='ignore')
+    writer = csv.DictWriter(f, fieldnames=columns, extrasaction='ignore')
     if new:
       writer.writeheader()
     writer.writerows(rows)
@@ -223,8 +223,9 @@ def step_cases(only):
 
 
 def real_step(variant, shape, overrides):
-  """T5.1.1-small's compiled train step on real parameters, called once: (cfg, fn, state); each
-  call `state[0], state[1] = fn(*state)[:2]` (parameters and optimizer state are donated)."""
+  """T5.1.1-small's compiled train step on real parameters, called once: (cfg, call); each
+  `call()` runs one more step on the state the last one left (parameters and optimizer state are
+  donated) and returns its outputs."""
   cfg = config('small', 'baseline' if variant == 'scalable_t5' else variant, **overrides)
   module = Transformer(cfg) if variant != 'scalable_t5' else scalable_t5(cfg)
   optimizer = bm.make_optimizer()
@@ -234,10 +235,14 @@ def real_step(variant, shape, overrides):
                        data['decoder_target_tokens'][:1], enable_dropout=False)['params']
   state = [params, optimizer.init(params), data, rng]
   fn = jax.jit(bm.make_train_step(module, optimizer), donate_argnums=(0, 1))
-  out = fn(*state)
-  jax.block_until_ready(out)
-  state[0], state[1] = out[0], out[1]
-  return cfg, fn, state
+
+  def call():
+    out = fn(*state)
+    state[0], state[1] = out[0], out[1]
+    return out
+
+  jax.block_until_ready(call())
+  return cfg, call
 
 
 def run_step(args):
@@ -248,20 +253,18 @@ def run_step(args):
   for variant in args.variants:
     timed = {}
     for name, overrides in cases.items():
-      cfg, fn, state = real_step(variant, shape, overrides)
-      timed[name] = (cfg, fn, state, [])
+      cfg, call = real_step(variant, shape, overrides)
+      timed[name] = (cfg, call, [])
     for _ in range(args.rounds):
-      for name, (cfg, fn, state, times) in timed.items():
+      for name, (cfg, call, times) in timed.items():
         round_times = []
         for _ in range(args.steps + 1):
           t0 = time.perf_counter()
-          out = fn(*state)
-          jax.block_until_ready(out)
+          jax.block_until_ready(call())
           round_times.append(time.perf_counter() - t0)
-          state[0], state[1] = out[0], out[1]
         times.append(statistics.median(round_times[1:]))
-    base = statistics.median(timed['unrolled'][3])
-    for name, (cfg, _, _, times) in timed.items():
+    base = statistics.median(timed['unrolled'][2])
+    for name, (cfg, _, times) in timed.items():
       med = statistics.median(times)
       rows.append(row('step', 'small', variant, cfg, shape, process=PROCESS, step_ms=1e3 * med,
                       step_ms_min=1e3 * min(times), step_ms_max=1e3 * max(times)))
@@ -288,16 +291,7 @@ def run_profile(args):
   cases = step_cases(args.only or ['scanned', 'scanned_axis0'])
   rows = []
   for variant in args.variants:
-    calls = {}
-    for name, overrides in cases.items():
-      _, fn, state = real_step(variant, shape, overrides)
-
-      def call(fn=fn, state=state):
-        out = fn(*state)
-        state[0], state[1] = out[0], out[1]
-        return out
-
-      calls[name] = call
+    calls = {name: real_step(variant, shape, overrides)[1] for name, overrides in cases.items()}
     times = {name: [] for name in calls}
     faults = {name: [] for name in calls}
     for r in range(args.rounds + 1):  # round 0 warms every case up
@@ -315,18 +309,12 @@ def run_profile(args):
       fault = statistics.median(faults[name])
       for cat, (ms, ops) in cats.items():
         rows.append(dict(process=PROCESS, allocator=allocator(), variant=variant, case=name,
-                         rounds=args.rounds, calls=args.steps, step_ms=step, traced_ms=traced, minor_faults=fault,
-                         category=cat, core_ms=ms, ops=ops, **shape))
+                         rounds=args.rounds, calls=args.steps, step_ms=step, traced_ms=traced,
+                         minor_faults=fault, category=cat, core_ms=ms, ops=ops, **shape))
       print(f'small {variant} {name}: step {step:.1f} ms untraced ({fault:.0f} page faults), '
             f'{traced:.1f} ms traced; '
             + ', '.join(f'{c} {ms:.1f}' for c, (ms, _) in cats.items()), flush=True)
-  path = args.profile_csv
-  new = not os.path.exists(path)
-  with open(path, 'a', newline='') as f:
-    writer = csv.DictWriter(f, fieldnames=PROFILE_COLUMNS)
-    if new:
-      writer.writeheader()
-    writer.writerows(rows)
+  append_csv(args.profile_csv, rows, PROFILE_COLUMNS)
   return rows
 
 

@@ -355,8 +355,7 @@ def scaling_section(out_dir):
                       if r['scan_layers'] == 'True' else 'unrolled') + (
         f', remat {r["remat_policy"]}' if r['remat_policy'] != 'none' else '') + (
             ', one-hot embedding' if r['one_hot_embedding'] == 'True' else '') + (
-                f', {malloc(r["allocator"])}' if r.get('allocator', 'glibc') not in ('', 'glibc')
-                else '')
+                f', {malloc(r.get("allocator"))}' if malloc(r.get('allocator')) != 'glibc' else '')
     out += ['', 'Train step time at T5.1.1-small, float32, one CPU process (medians of round-robin '
             'rounds; `scaling_benchmark.py step`; runs 1-4 while the fidelity study ran on the same '
             'cores, later runs (rows naming their process in the CSV) on an otherwise idle '
