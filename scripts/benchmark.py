@@ -1,4 +1,4 @@
-"""Benchmarks of AltUp against the T5.1.1 baseline; the command line of `altup_t5x.benchmarks`.
+"""Benchmarks of AltUp against the T5.1.1 baseline; the command line of `studies/`.
 
     python scripts/benchmark.py speed    --out benchmarks/  # step / forward / decode time, memory, FLOPs
     python scripts/benchmark.py t5x      --out benchmarks/ --t5x-python PY  # our K=1 vs T5X's network
@@ -11,7 +11,7 @@ Measurements only write into --out; BENCHMARKS.md is written by `report` alone (
 given --write-report). The T5X comparison runs under the Python of an environment where T5X is
 installed: `--t5x-python PATH` or the environment variable ALTUP_T5X_PYTHON.
 `--quick` shrinks every part to a smoke run (seconds to a minute; numbers meaningless).
-Method and measured quantities: the docstrings of `altup_t5x/benchmarks/{speed,quality,fidelity}.py`.
+Method and measured quantities: the docstrings of `studies/{speed,quality,fidelity}.py`.
 """
 import argparse
 import json
@@ -61,7 +61,7 @@ def main(argv=None):
   if args.quick:
     args.rounds, args.steps = min(args.rounds, 2), min(args.steps, 2)
 
-  from altup_t5x.benchmarks import t5x_compare  # pylint: disable=g-import-not-at-top
+  from studies import t5x_compare  # pylint: disable=g-import-not-at-top
   t5x_python = None
   if args.command == 'all' and (args.t5x_python or os.environ.get(t5x_compare.T5X_PYTHON_ENV)):
     try:  # validated before any compile
@@ -69,12 +69,12 @@ def main(argv=None):
     except t5x_compare.T5XPythonError as e:
       sys.exit(f'ERROR: {e}')
   os.makedirs(args.out, exist_ok=True)
-  from altup_t5x.benchmarks import common  # pylint: disable=g-import-not-at-top
+  from studies import common  # pylint: disable=g-import-not-at-top
   t0 = time.perf_counter()
   if args.command == 'all' and not args.quick:
     print(EXPECTED_DURATION, flush=True)
   if args.command in ('speed', 'all'):
-    from altup_t5x.benchmarks import speed  # pylint: disable=g-import-not-at-top
+    from studies import speed  # pylint: disable=g-import-not-at-top
     rows = speed.run_speed(args)
     common.write_csv(os.path.join(args.out, 'speed.csv'), rows, speed.SPEED_COLUMNS)
     common.write_meta(args.out, 'speed')
@@ -97,14 +97,14 @@ def main(argv=None):
     else:
       print(f'\n(T5X comparison skipped: no --t5x-python and no {t5x_compare.T5X_PYTHON_ENV})')
   if args.command in ('quality', 'all'):
-    from altup_t5x.benchmarks import quality  # pylint: disable=g-import-not-at-top
+    from studies import quality  # pylint: disable=g-import-not-at-top
     results = quality.run_quality(args)
     json.dump(results, open(os.path.join(args.out, 'quality.json'), 'w'))
     quality.write_quality_csv(os.path.join(args.out, 'quality.csv'), results)
     quality.plot_quality(results, args.out)
     common.write_meta(args.out, 'quality')
   if args.command == 'fidelity':
-    from altup_t5x.benchmarks import fidelity  # pylint: disable=g-import-not-at-top
+    from studies import fidelity  # pylint: disable=g-import-not-at-top
     parts = [p for p in args.parts.split(',') if p] or None
     fidelity.use_scale(args.scale)
     if args.jobs > 1 and not args.plan:
@@ -132,7 +132,7 @@ def main(argv=None):
                          log=lambda m: print(m, flush=True))
       fidelity.write_outputs(args.out)
   if args.command == 'report' or args.write_report:
-    from altup_t5x.benchmarks import report  # pylint: disable=g-import-not-at-top
+    from studies import report  # pylint: disable=g-import-not-at-top
     for path in report.write_all(args.out, ROOT):
       print(f'\nwrote {path}')
   print(f'\n{args.command}: {time.perf_counter() - t0:.0f}s', flush=True)

@@ -9,7 +9,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
-from altup_t5x.benchmarks import report  # pylint: disable=g-import-not-at-top
+from studies import report  # pylint: disable=g-import-not-at-top
 
 if __name__ == '__main__':
   for path in report.write_all(sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, 'benchmarks'),

@@ -34,7 +34,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # this checkout first
 
-from altup_t5x.benchmarks import common as bm  # pylint: disable=g-import-not-at-top
+from studies import common as bm  # pylint: disable=g-import-not-at-top
 
 import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp
@@ -280,12 +280,11 @@ PROFILE_COLUMNS = ['process', 'allocator', 'variant', 'case', 'batch', 'inputs',
 
 
 def run_profile(args):
-  """Per-category op time of the small train step, unrolled vs scanned (`altup_t5x/benchmarks/
-  xla_profile.py`): what the scanned step's extra time is made of. All cases are built and warmed
-  up first, untraced step times are round-robin medians as in `step` (a case measured alone
-  first in a process pays the allocator's warm-up), then each case is traced for --steps calls.
-  Rows go to --profile_csv."""
-  from altup_t5x.benchmarks import xla_profile  # pylint: disable=g-import-not-at-top
+  """Per-category op time of the small train step, unrolled vs scanned (`studies/xla_profile.py`):
+  what the scanned step's extra time is made of. All cases are built and warmed up first, untraced
+  step times are round-robin medians as in `step` (a case measured alone first in a process pays the
+  allocator's warm-up), then each case is traced for --steps calls. Rows go to --profile_csv."""
+  from studies import xla_profile  # pylint: disable=g-import-not-at-top
   batch, inputs, targets = (int(x) for x in args.shape.split(','))
   shape = dict(batch=batch, inputs=inputs, targets=targets)
   cases = step_cases(args.only or ['scanned', 'scanned_axis0'])

@@ -6,8 +6,16 @@ MoE scan equivalence), and at these shapes the slower generated code costs nothi
 of every equivalence the tests check are compiled under the same flag. Set before JAX creates
 its CPU backend; subprocesses started by the tests inherit it. An XLA_FLAGS from the caller that
 already sets the level wins.
+
+The repository root goes on sys.path so that the tests import this checkout's `studies/` (the
+benchmark code, which is not installed) as the scripts do.
 """
 import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
 
 _FLAG = '--xla_backend_optimization_level=0'
 if 'xla_backend_optimization_level' not in os.environ.get('XLA_FLAGS', ''):

@@ -4,7 +4,7 @@ import subprocess
 
 import pytest
 
-from altup_t5x.benchmarks import fidelity, report, t5x_compare
+from studies import fidelity, report, t5x_compare
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, 'benchmarks')

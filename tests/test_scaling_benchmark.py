@@ -42,7 +42,7 @@ def test_step_cases_rejects_an_unknown_case():
 
 
 def test_op_categories_sum_executed_instructions_per_call():
-  from altup_t5x.benchmarks import xla_profile
+  from studies import xla_profile
   events = [
       dict(ph='X', name='ynn_fusion.3', dur=3000.0),
       dict(ph='X', name='dot.7', dur=1000.0),
@@ -80,7 +80,7 @@ def test_a_real_profile_sees_a_scans_stacking_and_its_matmuls():
   writes and matmuls in a real trace (guards against a jaxlib that renames them)."""
   import jax
   import jax.numpy as jnp
-  from altup_t5x.benchmarks import xla_profile
+  from studies import xla_profile
 
   def f(w, x):
     def body(h, w_l):
@@ -109,7 +109,7 @@ def _step_row(sb, process, scan, allocator, ms, axis=1):
 
 def test_report_numbers_step_runs_by_process_and_names_the_malloc(tmp_path):
   """Each process's rows are one run, its ratios to its own unrolled step, whatever the malloc."""
-  from altup_t5x.benchmarks import report
+  from studies import report
   sb = _load()
   sweep = dict(_step_row(sb, '', False, '', ''), part='sweep', lower_s='1', compile_s='2',
                temp_bytes=str(2**30), peak_bytes=str(2**31))
@@ -126,7 +126,7 @@ def test_report_numbers_step_runs_by_process_and_names_the_malloc(tmp_path):
 
 
 def test_report_profile_table_sums_categories_per_case(tmp_path):
-  from altup_t5x.benchmarks import report
+  from studies import report
   sb = _load()
   base = dict(process='p', allocator='', variant='baseline', batch=2, inputs=128, targets=32,
               rounds=1, calls=1, traced_ms=10.0)

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from altup_t5x.benchmarks.common import (ALL_VARIANTS, KINDS, QUICK_SHAPES, QUICK_VARIANTS, SPEED_SHAPES,
+from studies.common import (ALL_VARIANTS, KINDS, QUICK_SHAPES, QUICK_VARIANTS, SPEED_SHAPES,
                                          SPEED_VARIANTS, VARIANTS, Timed, compile_all,
                                          count_params, init_params, make_config, make_optimizer,
                                          make_train_step, random_batch, read_csv)

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from altup_t5x.benchmarks.common import (VARIANTS, count_params, cross_entropy, init_params,
+from studies.common import (VARIANTS, count_params, cross_entropy, init_params,
                                          make_config_from, make_optimizer, make_train_step,
                                          write_csv)
 from altup_t5x.config import AltUpConfig

@@ -246,7 +246,7 @@ see its section), then this file:
 Parts: `speed`, `t5x` (needs T5X: `--t5x-python PY` or `ALTUP_T5X_PYTHON=PY`, the Python of an
 environment where T5X is installed), `quality`, `fidelity`, `report` (this file and the README's
 results block only; no measurement writes them). Method, measured quantities and defaults are in
-the docstrings of `altup_t5x/benchmarks/`. Raw numbers: `{rel}/speed.csv`, `{rel}/t5x.csv`, `{rel}/quality.csv`,
+the docstrings of `studies/`. Raw numbers: `{rel}/speed.csv`, `{rel}/t5x.csv`, `{rel}/quality.csv`,
 `{rel}/quality_curves.csv`.
 
 Measured: {measured or 'n/a'}.
@@ -404,7 +404,7 @@ PROFILE_CASES = (('unrolled', 'unrolled'), ('scanned', 'scanned'),
 def scaling_profile_section(out_dir):
   """Where a scanned step's extra time goes on CPU (`scaling_benchmark.py profile`), one table
   per profiled process; '' when nothing was profiled."""
-  from altup_t5x.benchmarks import xla_profile  # pylint: disable=g-import-not-at-top
+  from studies import xla_profile  # pylint: disable=g-import-not-at-top
   rows = read_csv(os.path.join(out_dir, 'scaling_profile.csv'))
   if not rows:
     return ''
@@ -415,7 +415,7 @@ def scaling_profile_section(out_dir):
     runs[-1][1].append(r)
   out = ['Where the scanned step\'s extra time goes on CPU (`scaling_benchmark.py profile`, raw '
          'numbers in `scaling_profile.csv`): XLA:CPU\'s trace events of the same train step, one '
-         'per executed instruction, summed by kind (`altup_t5x/benchmarks/xla_profile.py`), in '
+         'per executed instruction, summed by kind (`studies/xla_profile.py`), in '
          'core-milliseconds per step (two cores busy at once count twice, so a column exceeds the '
          'wall time; the profiler itself slows the step, compare the traced and untraced rows). '
          'What the kinds are: JAX\'s scan (under `nn.scan`) returns every per-layer value the '
@@ -590,7 +590,7 @@ def fill_template(text, rows, t5x_rows, meta):
 
 
 # ------------------------------------------------------------------------------------------------
-# Fidelity study (altup_t5x.benchmarks.fidelity): verdicts from the cached runs.
+# Fidelity study (studies.fidelity): verdicts from the cached runs.
 
 def _interp(curve, step):
   """Eval loss at `step` by linear interpolation of an eval curve [(step, seconds, loss)]."""
@@ -702,7 +702,7 @@ def _claim_rows(runs, fid, speed_rows):
 
 
 def fidelity_section(out_dir, speed_rows, rel):
-  from altup_t5x.benchmarks import fidelity as fid  # pylint: disable=g-import-not-at-top
+  from studies import fidelity as fid  # pylint: disable=g-import-not-at-top
   runs = fid.load_runs(out_dir)
   planned = fid.plan(runs)
   speed_rows = _study_speed_rows(out_dir, speed_rows)
@@ -971,7 +971,7 @@ def _fidelity_reading(rows, runs, fid):
 
 def fidelity_summary(out_dir):
   """One README line on the fidelity study, from the cached runs."""
-  from altup_t5x.benchmarks import fidelity as fid  # pylint: disable=g-import-not-at-top
+  from studies import fidelity as fid  # pylint: disable=g-import-not-at-top
   runs = fid.load_runs(out_dir)
   planned = fid.plan(runs)
   n = sum(1 for s in planned if s['name'] in runs)

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from altup_t5x import optimizers
-from altup_t5x.benchmarks.common import (ALL_VARIANTS, count_params, cross_entropy, init_params,
+from studies.common import (ALL_VARIANTS, count_params, cross_entropy, init_params,
                                          make_config_from, make_train_step, write_csv)
 from altup_t5x.config import AltUpConfig
 from altup_t5x.network import Transformer
@@ -247,7 +247,7 @@ _DATA = {}
 
 def _data(scale_name, out):
   if scale_name not in _DATA:
-    from altup_t5x.benchmarks.quality import load_corpus_batches  # pylint: disable=g-import-not-at-top
+    from studies.quality import load_corpus_batches  # pylint: disable=g-import-not-at-top
     sc = SCALES[scale_name]
     pool = 64 if scale_name == 'quick' else TRAIN_POOL
     _DATA[scale_name] = load_corpus_batches(sc, pool, out)

@@ -6,7 +6,7 @@ from typing import List, Optional
 import jax
 import jax.numpy as jnp
 
-from altup_t5x.benchmarks.common import (QUICK_SHAPES, SPEED_SHAPES, Timed, compile_all,
+from studies.common import (QUICK_SHAPES, SPEED_SHAPES, Timed, compile_all,
                                          count_params, init_params, make_config, make_optimizer,
                                          make_train_step, random_batch)
 from altup_t5x.network import Transformer
