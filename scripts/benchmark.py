@@ -14,6 +14,7 @@ installed: `--t5x-python PATH` or the environment variable ALTUP_T5X_PYTHON.
 Method and measured quantities: the docstrings of `studies/{speed,quality,fidelity}.py`.
 """
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -23,6 +24,9 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
+
+# The commands that end by plotting their measurements (matplotlib, setup.py's `bench` extra).
+PLOTTING_COMMANDS = ('speed', 'quality', 'fidelity', 'all')
 
 EXPECTED_DURATION = (
     'Expected duration on 2 idle CPU cores: about 25 minutes (speed: tiny ~3 + small ~9, of which '
@@ -60,6 +64,10 @@ def main(argv=None):
   args = parser.parse_args(argv)
   if args.quick:
     args.rounds, args.steps = min(args.rounds, 2), min(args.steps, 2)
+  if (args.command in PLOTTING_COMMANDS and not args.plan
+      and importlib.util.find_spec('matplotlib') is None):  # before anything is measured
+    sys.exit(f'ERROR: `{args.command}` plots its results with matplotlib, which is not installed; '
+             'install the benchmark extra: pip install -e ".[bench]"')
 
   from studies import t5x_compare  # pylint: disable=g-import-not-at-top
   t5x_python = None
