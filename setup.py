@@ -1,7 +1,8 @@
 """altup-t5x: Alternating Updates (AltUp, arXiv 2301.13310) for T5 in JAX/Flax, with T5X gin files."""
 import setuptools
 
-# Versions known to work together (and with T5X at HEAD; see README "Running with T5X").
+# Versions known to work together, and with T5X at the commits of t5x_pins.txt (what T5X needs
+# beyond these, and T5X itself, is installed by scripts/install_t5x.sh).
 INSTALL_REQUIRES = [
     "jax==0.10.2",
     "jaxlib==0.10.2",
@@ -40,7 +41,8 @@ setuptools.setup(
         "test": ["pytest==8.3.3", "pytest-xdist==3.6.1"],
         # The benchmark studies (studies/, run from a checkout by scripts/benchmark.py) plot with it.
         "bench": ["matplotlib"],
-        # T5X, airio and jestimator are not on PyPI: install them from GitHub (see README).
+        # T5X, airio, jestimator and flaxformer are not on PyPI: scripts/install_t5x.sh clones
+        # them at the commits of t5x_pins.txt.
         "t5x": [],
     },
     entry_points={
