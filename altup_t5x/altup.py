@@ -10,6 +10,18 @@ block j* only:
 
 Coefficients may carry leading batch axes (input-dependent coefficients): p [..., k, k], g [..., k].
 The arithmetic is done in float32 whatever the activation dtype, then cast back.
+
+Fused updates (deferred correction). Both steps are linear in the stream, so the correct of layer i
+and the predict of layer i+1 compose into one map. Carry the stream as (z, g, delta) with the
+correction not yet applied, y = z + g (x) delta (z [..., k, d], g [..., k], delta [..., d]); then
+
+  predict:  xhat = P y = P z + (P g) (x) delta                (one pass over the stream)
+  compute:  xtilde = L(xhat^{j*})  or  L(y^{j*}),  y^{j*} = z^{j*} + g[j*] delta   (d wide)
+  correct:  (z, g, delta) <- (xhat, g', xtilde - xhat^{j*})   (nothing written over the stream)
+
+Every layer then reads and writes the [..., k, d] stream once instead of twice; the correction of
+the last layer is applied once at the end (`apply_correction`). The start of a stack is
+(z, g, delta) = (x, 0, 0).
 """
 import jax.numpy as jnp
 
@@ -81,3 +93,78 @@ def altup_step(x, p, g, block: int, layer_fn, layer_input: str = 'input'):
   source = xhat if layer_input == 'predicted' else x
   out = layer_fn(select_block(source, block).astype(x.dtype))
   return correct(xhat, out, g, block).astype(x.dtype)
+
+
+def mix(x, p):
+  """sum_j p[i, j] x^j in float32 as a broadcast multiply-add ([..., k, d], [..(.), k, k]).
+
+  Written without a dot so that XLA fuses it with the elementwise work around it (a K x K
+  contraction is far too small for a matmul unit).
+  """
+  x = x.astype(jnp.float32)
+  p = p.astype(jnp.float32)
+  return jnp.sum(p[..., :, :, None] * x[..., None, :, :], axis=-2)
+
+
+def corrected_block(z, g, delta, block: int):
+  """y^{j} of a stream with its correction deferred: z^{j} + g[j] delta, [..., d] (float32)."""
+  return z[..., block, :].astype(jnp.float32) + g.astype(jnp.float32)[..., block, None] * delta
+
+
+def predict_deferred(z, g, delta, p):
+  """The predictor on y = z + g (x) delta without forming y: P z + (P g) (x) delta.
+
+  Args:
+    z: the stream [..., k, d] (activation dtype).
+    g: the pending corrector coefficients [k] or [..., k].
+    delta: the pending innovation [..., d] (float32).
+    p: predictor coefficients [k, k] or [..., k, k].
+  Returns:
+    xhat [..., k, d], float32.
+  """
+  g = g.astype(jnp.float32)
+  p = p.astype(jnp.float32)
+  pg = jnp.sum(p * g[..., None, :], axis=-1)  # [.., k]
+  return mix(z, p) + pg[..., :, None] * delta.astype(jnp.float32)[..., None, :]
+
+
+def apply_correction(z, g, delta):
+  """y = z + g (x) delta: the deferred correction written into the stream, float32."""
+  return z.astype(jnp.float32) + (g.astype(jnp.float32)[..., :, None] *
+                                  delta.astype(jnp.float32)[..., None, :])
+
+
+def rms_magnitude(x):
+  """sqrt(mean(x^2)) over the last axis, keepdims, float32."""
+  x = x.astype(jnp.float32)
+  return jnp.sqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True))
+
+
+def match_magnitude(x, target, eps: float = 1e-12):
+  """x rescaled to the RMS magnitude `target` [..., 1]: x * target / max(rms(x), eps)."""
+  return x.astype(jnp.float32) * (target / jnp.maximum(rms_magnitude(x), eps))
+
+
+def project_streams(e, projections):
+  """Gemma 3n's stream initialisation, [..., d] -> [..., k, d] (float32).
+
+  Block 0 is the embedding e; block i >= 1 is e @ W_i rescaled to e's RMS magnitude.
+  projections: W [k-1, d, d].
+  """
+  e = e.astype(jnp.float32)
+  projected = jnp.einsum('...d,kde->...ke', e, projections.astype(jnp.float32))
+  projected = match_magnitude(projected, rms_magnitude(e)[..., None, :])
+  return jnp.concatenate([e[..., None, :], projected], axis=-2)
+
+
+def unproject_streams(x, projections):
+  """Gemma 3n's reduction, [..., k, d] -> [..., d] (float32).
+
+  Block i >= 1 goes through U_i and is rescaled to block 0's RMS magnitude; then the mean of all K.
+  projections: U [k-1, d, d].
+  """
+  x = x.astype(jnp.float32)
+  first = x[..., 0, :]
+  rest = jnp.einsum('...kd,kde->...ke', x[..., 1:, :], projections.astype(jnp.float32))
+  rest = match_magnitude(rest, rms_magnitude(first)[..., None, :])
+  return jnp.mean(jnp.concatenate([first[..., None, :], rest], axis=-2), axis=-2)

@@ -13,10 +13,11 @@ import jax.numpy as jnp
 
 SELECTIONS = ('alternating', 'same')
 LAYER_INPUTS = ('input', 'predicted')
-EMBEDDINGS = ('wide', 'recycled')
-REDUCTIONS = ('mean', 'sum', 'projection')
-COEF_INITS = ('identity', 'normal')
+EMBEDDINGS = ('wide', 'recycled', 'projected')
+REDUCTIONS = ('mean', 'sum', 'projection', 'unproject')
+COEF_INITS = ('identity', 'normal', 'gemma3n')
 COEFFICIENTS = ('static', 'dynamic')
+CORRECT_ROUTERS = ('input', 'output')
 SEQUENCE_MODES = ('predict_correct', 'skip')
 MOE_ROUTINGS = ('top_k', 'expert_choice')
 ACTIVATIONS = ('gelu', 'linear', 'relu', 'silu', 'swish', 'tanh')
@@ -24,8 +25,8 @@ DTYPES = ('float32', 'bfloat16', 'float16')
 REMAT_POLICIES = ('none', 'minimal', 'full')
 PARAM_SCAN_AXES = (0, 1)
 
-# T5.1.1 sizes as in T5X's `t5x/examples/t5/t5_1_1/*.gin` (see ALTUP.md section 4); `tiny` is the
-# size T5X uses in its own end-to-end tests.
+# T5.1.1 sizes as in T5X's `t5x/examples/t5/t5_1_1/*.gin` (small, base, large, xl, xxl); `tiny` is
+# the size T5X uses in its own end-to-end tests.
 SIZES = {
     'tiny': dict(emb_dim=8, num_heads=4, num_encoder_layers=2, num_decoder_layers=2,
                  head_dim=3, mlp_dim=16),
@@ -100,21 +101,36 @@ class AltUpConfig:
       (always block 0).
     altup_layer_input: what the layer reads: 'input' (the raw block x^{j*}, as the paper describes)
       or 'predicted' (the predicted block xhat^{j*}, as Gemma 3n does).
-    altup_embedding: 'wide' (a vocab x K*emb_dim table, AltUp proper) or 'recycled' (the vocab x
-      emb_dim table replicated K times; Recycled-AltUp).
+    altup_embedding: 'wide' (a vocab x K*emb_dim table, AltUp proper), 'recycled' (the vocab x
+      emb_dim table replicated K times; Recycled-AltUp) or 'projected' (Gemma 3n's stream
+      initialisation: a vocab x emb_dim table e; block 0 is e, block i >= 1 is e @ W_i rescaled to
+      e's RMS magnitude, with learned emb_dim x emb_dim maps W_i initialised at the identity).
     altup_reduction: how K blocks become one before the final norm: 'mean' (default), 'sum' (the
       paper's wording for Recycled-AltUp) or 'projection' (a learned K*d -> d map, initialised to
       the mean). The default is 'mean' because the final RMS norm makes sum and mean differ only
       in how its epsilon is scaled, and mean keeps an identity-initialised Recycled model exactly
-      equal to its K=1 counterpart.
+      equal to its K=1 counterpart. 'unproject' is Gemma 3n's: block i >= 1 through a learned
+      emb_dim x emb_dim map U_i (identity at init), rescaled to block 0's RMS magnitude, then the
+      mean of all K blocks.
     altup_coef_init: 'identity' (predictor p = I, corrector g = 1: every block receives the same
       residual update; with replicated inputs the network starts equal to the baseline) or
-      'normal' (identity plus N(0, altup_coef_init_scale) noise).
+      'normal' (identity plus N(0, altup_coef_init_scale) noise) or, for dynamic coefficients,
+      'gemma3n' (Gemma 3n's: predictor weights ~ N(0, 1e-4), corrector weights ~ N(0, 1e-2)).
     altup_coef_init_scale: standard deviation of the noise for altup_coef_init='normal'.
     altup_coefficients: 'static' (learned K*K + K scalars per layer, the paper) or 'dynamic'
-      (Gemma 3n style: per-token coefficients from a small router on the active block,
-      P = I + C(x), g = 1 + c(x), clipped to +-altup_coef_clip in the forward pass).
-    altup_coef_clip: clip range of the dynamic coefficients' router outputs.
+      (per-token coefficients from a small router r(h) = tanh(W_r rmsnorm(h) / d), as Gemma 3n:
+      P = I + clip(W_p) r(x_active), g = 1 + clip(W_g) r(h_g), h_g set by altup_correct_router).
+    altup_coef_clip: the dynamic coefficients' weights W_p and W_g are clipped to +-altup_coef_clip
+      in the forward pass (the weights themselves are never modified; Gemma 3n uses 120).
+    altup_correct_router: what the corrector's router reads (dynamic coefficients): 'input' (the
+      layer's input active block, the same router output as the predictor's: one router pass per
+      layer) or 'output' (the layer's output xtilde, with the same router weights and norm: Gemma
+      3n's corrector).
+    altup_fused_updates: True (default) carries the stream between layers with its correction
+      deferred, y = z + g (x) delta, so that the correct of layer i and the predict of layer i+1
+      are one pass over the [b, l, K, d] stream (P (z + g (x) delta) = P z + (P g) (x) delta);
+      False runs the textbook predict / layer / correct per layer (two passes), kept as the
+      reference the fused path is tested against. Both compute the same function.
 
   Sequence-AltUp (encoder only; see `altup_t5x.sequence`):
     sequence_altup_stride: s > 1 runs each encoder layer on every s-th position only (the offset
@@ -174,6 +190,8 @@ class AltUpConfig:
   altup_coef_init_scale: float = 0.01
   altup_coefficients: str = 'static'
   altup_coef_clip: float = 120.0
+  altup_correct_router: str = 'input'
+  altup_fused_updates: bool = True
   # Sequence-AltUp.
   sequence_altup_stride: int = 1
   sequence_altup_mode: str = 'predict_correct'
@@ -219,6 +237,11 @@ class AltUpConfig:
                         'a number >= 0.')
     _check_choice('altup_coefficients', self.altup_coefficients, COEFFICIENTS)
     _check_positive('altup_coef_clip', self.altup_coef_clip)
+    _check_choice('altup_correct_router', self.altup_correct_router, CORRECT_ROUTERS)
+    if self.altup_coef_init == 'gemma3n' and self.altup_coefficients != 'dynamic':
+      raise ConfigError("AltUpConfig.altup_coef_init='gemma3n' initialises the weights of dynamic "
+                        "coefficients; it needs altup_coefficients='dynamic' (static "
+                        "coefficients: 'identity' or 'normal').")
     _check_int('sequence_altup_stride', self.sequence_altup_stride, 1)
     _check_choice('sequence_altup_mode', self.sequence_altup_mode, SEQUENCE_MODES)
     _check_int('sequence_altup_max_segments', self.sequence_altup_max_segments, 1)
@@ -247,7 +270,7 @@ class AltUpConfig:
       value = getattr(self, name)
       if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
         raise ConfigError(f'AltUpConfig.{name}={value!r} must be a number >= 0.')
-    for name in ('scan_layers', 'one_hot_embedding'):
+    for name in ('scan_layers', 'one_hot_embedding', 'altup_fused_updates'):
       if not isinstance(getattr(self, name), bool):
         raise ConfigError(f'AltUpConfig.{name}={getattr(self, name)!r} must be True or False.')
     if isinstance(self.param_scan_axis, bool) or self.param_scan_axis not in PARAM_SCAN_AXES:

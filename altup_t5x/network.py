@@ -1,11 +1,17 @@
 """The AltUp T5.1.1 encoder-decoder, with the network interface T5X's EncoderDecoderModel calls.
 
 Composition only: the T5.1.1 layers are the plain ones from `layers.py`; AltUp wraps each of them
-from the outside (predict -> run the layer on one block -> correct, `altup.altup_step`). The
-parameter tree of an AltUp model is the baseline tree plus, per layer, `altup_{i}/predict` [K, K]
-and `altup_{i}/correct` [K] (and a K*d-wide embedding for the wide variant).
+from the outside (predict -> run the layer on one block -> correct, `run_layers`). The parameter
+tree of an AltUp model is the baseline tree plus, per layer, `altup_{i}/predict` [K, K] and
+`altup_{i}/correct` [K] (and a K*d-wide embedding for the wide variant; the K-1 d x d maps
+`altup_embed_projection` / `altup_unembed_projection` for Gemma 3n's stream initialisation and
+reduction).
 
-Activations: [b, l, d] inside a layer; [b, l, k, d] between AltUp layers.
+Activations: [b, l, d] inside a layer; [b, l, k, d] between AltUp layers. With
+`altup_fused_updates` (the default) the layers carry the stream with its last correction
+deferred, (z, g, delta): each layer reads and writes the [b, l, k, d] stream once, the correct of
+one layer and the predict of the next being one pass (`altup` module docstring); the scan carry of
+a scanned stack is that triple too.
 
 Scaling options, as T5X's `t5x/examples/scalable_t5` (AltUpConfig.scan_layers, param_scan_axis,
 remat_policy, one_hot_embedding):
@@ -107,30 +113,40 @@ class AltUpCoefficients(nn.Module):
 
 
 class DynamicAltUpCoefficients(nn.Module):
-  """Per-token coefficients in the style of Gemma 3n (ALTUP.md section 3).
+  """Per-token coefficients from a router, as Gemma 3n's AltUp computes them.
 
-    r = tanh(W_r rmsnorm(x_active) / d)    [..., k]
-    P = I + clip(W_p) r                    [..., k, k]
-    g = 1 + clip(W_g) r                    [..., k]
+    r(h) = tanh(W_r rmsnorm(h) / d)        [..., k]
+    P    = I + clip(W_p) r(x_active)       [..., k, k]
+    g    = 1 + clip(W_g) r(h_g)            [..., k]
 
-  The clip to +-altup_coef_clip is applied to the coefficient weights in the forward pass (weights
-  are never modified), so an entry outside the range gets zero gradient. With the default identity
-  initialisation W_p = W_g = 0 and the layer starts with P = I, g = 1.
+  h_g is the layer's output xtilde when AltUpConfig.altup_correct_router == 'output' (Gemma 3n's
+  corrector: the same router weights and norm applied again to the layer output), else the same
+  active block as the predictor's. Called on one activation it returns (P, g) of that
+  activation; the caller takes P from the call on the layer input and g from the call on h_g (the
+  module is called twice with shared parameters; XLA drops the unused half). The clip to
+  +-altup_coef_clip is applied to the weights in the forward pass (the weights are never
+  modified), so an entry outside the range gets zero gradient. Identity initialisation: W_p = W_g
+  = 0, so the layer starts with P = I, g = 1; 'gemma3n': W_p ~ N(0, 1e-4), W_g ~ N(0, 1e-2).
+  Reference equations: google-deepmind/gemma, gemma/gm/nn/gemma3n/_modules.py, class AltUp
+  (`predict`, `correct`, `compute_router_modalities`).
   """
   config: AltUpConfig
 
   @nn.compact
-  def __call__(self, x_active):
+  def __call__(self, h):
     cfg = self.config
     k, d, clip = cfg.altup_k, cfg.emb_dim, cfg.altup_coef_clip
-    scale = cfg.altup_coef_init_scale if cfg.altup_coef_init == 'normal' else 0.0
-    r = layers.RMSNorm(dtype=jnp.float32, name='router_norm')(x_active) / d
+    if cfg.altup_coef_init == 'gemma3n':
+      p_std, g_std = 1e-4, 1e-2
+    else:
+      p_std = g_std = cfg.altup_coef_init_scale if cfg.altup_coef_init == 'normal' else 0.0
+    r = layers.RMSNorm(dtype=jnp.float32, name='router_norm')(h) / d
     w_r = param_with_axes('router', nn.initializers.normal(1e-2), (d, k), jnp.float32,
                           axes=('embed', 'altup_router'))
     r = jnp.tanh(r @ w_r)  # [b, l, d] -> [b, l, k]
-    w_p = param_with_axes('predict', nn.initializers.normal(scale), (k, k, k), jnp.float32,
+    w_p = param_with_axes('predict', nn.initializers.normal(p_std), (k, k, k), jnp.float32,
                           axes=('altup_router', 'altup_blocks', 'altup_blocks_in'))
-    w_g = param_with_axes('correct', nn.initializers.normal(scale), (k, k), jnp.float32,
+    w_g = param_with_axes('correct', nn.initializers.normal(g_std), (k, k), jnp.float32,
                           axes=('altup_router', 'altup_blocks'))
     p = jnp.eye(k) + jnp.einsum('...r,rij->...ij', r, jnp.clip(w_p, -clip, clip))
     g = 1.0 + jnp.einsum('...r,ri->...i', r, jnp.clip(w_g, -clip, clip))
@@ -207,23 +223,74 @@ def _remat(cfg: AltUpConfig, layer_cls, static_argnums):
                                static_argnums=static_argnums)
 
 
-def run_layers(cfg: AltUpConfig, x, num_layers: int, layer_call):
+def _coefficients(cfg: AltUpConfig, name: str) -> nn.Module:
+  return (DynamicAltUpCoefficients if cfg.altup_coefficients == 'dynamic'
+          else AltUpCoefficients)(cfg, name=name)
+
+
+def _corrector(cfg: AltUpConfig, coefficients: nn.Module, g, layer_output):
+  """g of the corrector: from the predictor's call, or the router on the layer output."""
+  if cfg.altup_coefficients == 'dynamic' and cfg.altup_correct_router == 'output':
+    return coefficients(layer_output)[1]
+  return g
+
+
+def begin_stream(cfg: AltUpConfig, x):
+  """What the layers of a stack carry from one to the next.
+
+  K == 1: the activation [b, l, d]. Unfused AltUp: the blocks [b, l, k, d]. Fused AltUp: the
+  stream with its correction deferred, (z [b, l, k, d], g [k] or [b, l, k], delta [b, l, d]),
+  starting at (x, 0, 0) (`altup` module docstring).
+  """
+  if not cfg.use_altup or not cfg.altup_fused_updates:
+    return x
+  g_shape = x.shape[:-1] if cfg.altup_coefficients == 'dynamic' else (cfg.altup_k,)
+  return (x, jnp.zeros(g_shape, jnp.float32), jnp.zeros(x.shape[:-2] + x.shape[-1:], jnp.float32))
+
+
+def end_stream(cfg: AltUpConfig, state):
+  """The carried state as blocks [b, l, k, d] (the deferred correction applied), or [b, l, d]."""
+  if not cfg.use_altup or not cfg.altup_fused_updates:
+    return state
+  z, g, delta = state
+  return with_sharding_constraint(altup.apply_correction(z, g, delta).astype(z.dtype), BLOCK_AXES)
+
+
+def run_layers(cfg: AltUpConfig, state, num_layers: int, layer_call):
   """Applies layer_call(i, h) for layers i = 0..num_layers-1, through AltUp when K > 1.
 
-  Creates `altup_{i}` coefficient modules in the calling module: the stack itself (unrolled) or
-  the scanned group (indices local to the group; `layer_period` makes them act alike).
+  `state` is what `begin_stream` makes (and what this returns). Creates `altup_{i}` coefficient
+  modules in the calling module: the stack itself (unrolled) or the scanned group (indices local
+  to the group; `layer_period` makes them act alike).
   """
+  if not cfg.use_altup:
+    for i in range(num_layers):
+      state = layer_call(i, state)
+    return state
+  predicted = cfg.altup_layer_input == 'predicted'
   for i in range(num_layers):
-    fn = lambda h, i=i: layer_call(i, h)
-    if cfg.use_altup:
-      coefficients = (DynamicAltUpCoefficients if cfg.altup_coefficients == 'dynamic'
-                      else AltUpCoefficients)(cfg, name=f'altup_{i}')
-      p, g = coefficients(altup.select_block(x, cfg.active_block(i)))
-      x = altup.altup_step(x, p, g, cfg.active_block(i), fn, cfg.altup_layer_input)
-      x = with_sharding_constraint(x, BLOCK_AXES)
-    else:
-      x = fn(x)
-  return x
+    block = cfg.active_block(i)
+    coefficients = _coefficients(cfg, f'altup_{i}')
+    if not cfg.altup_fused_updates:  # predict -> layer -> correct, two passes over the stream
+      x = state
+      p, g = coefficients(altup.select_block(x, block))
+      xhat = altup.predict(x, p)
+      source = xhat if predicted else x
+      out = layer_call(i, altup.select_block(source, block).astype(x.dtype))
+      g = _corrector(cfg, coefficients, g, out)
+      state = with_sharding_constraint(altup.correct(xhat, out, g, block).astype(x.dtype),
+                                       BLOCK_AXES)
+      continue
+    z, g_prev, delta = state  # the stream is y = z + g_prev (x) delta
+    x_active = altup.corrected_block(z, g_prev, delta, block).astype(z.dtype)  # y^{j*}
+    p, g = coefficients(x_active)
+    xhat = altup.predict_deferred(z, g_prev, delta, p)  # [b, l, k, d], one pass
+    source = xhat[..., block, :].astype(z.dtype) if predicted else x_active
+    out = layer_call(i, source)
+    g = _corrector(cfg, coefficients, g, out)
+    delta = with_sharding_constraint(out.astype(jnp.float32) - xhat[..., block, :], EMBED_AXES)
+    state = (with_sharding_constraint(xhat.astype(z.dtype), BLOCK_AXES), g, delta)
+  return state
 
 
 def encoder_layers(cfg: AltUpConfig, x, num_layers: int, mask, bias, segment_ids, positions,
@@ -339,9 +406,19 @@ class AltUpStack(nn.Module):
       return with_sharding_constraint(x, EMBED_AXES)
     if cfg.altup_embedding == 'wide':
       x = altup.split_blocks(x, cfg.altup_k)  # [b, l, k*d] -> [b, l, k, d]
+    elif cfg.altup_embedding == 'projected':  # [b, l, d] -> [b, l, k, d]
+      x = altup.project_streams(x, self._stream_maps('altup_embed_projection')).astype(cfg.dtype)
     else:
       x = altup.replicate(x, cfg.altup_k)  # [b, l, d] -> [b, l, k, d]
     return with_sharding_constraint(x, BLOCK_AXES)
+
+  def _stream_maps(self, name: str):
+    """K-1 learned d x d maps of blocks 1..K-1 ('projected' embedding, 'unproject' reduction),
+    initialised at the identity so that the K blocks start equal."""
+    k, d = self.config.altup_k, self.config.emb_dim
+    init = lambda rng, shape, dtype: jnp.broadcast_to(jnp.eye(d, dtype=dtype), shape)
+    return param_with_axes(name, init, (k - 1, d, d), jnp.float32,
+                           axes=('altup_blocks', 'embed', 'altup_embed_out'))
 
   def finish(self, x, deterministic):
     """[b, l, k, d] -> reduce -> final RMS norm -> dropout -> [b, l, d]."""
@@ -353,7 +430,11 @@ class AltUpStack(nn.Module):
         init = lambda rng, shape, dtype: jnp.broadcast_to(jnp.eye(d, dtype=dtype) / k, shape)
         projection = param_with_axes('altup_reduce', init, (k, d, d), jnp.float32,
                                      axes=('altup_blocks', 'embed', 'altup_embed_out'))
-      x = altup.reduce_blocks(x, cfg.altup_reduction, projection).astype(cfg.dtype)
+      if cfg.altup_reduction == 'unproject':
+        x = altup.unproject_streams(x, self._stream_maps('altup_unembed_projection'))
+      else:
+        x = altup.reduce_blocks(x, cfg.altup_reduction, projection)
+      x = x.astype(cfg.dtype)
     x = layers.RMSNorm(dtype=cfg.dtype, name=self.norm_name)(x)
     x = _dropout(cfg)(x, deterministic=deterministic)
     return with_sharding_constraint(x, EMBED_AXES)
@@ -381,6 +462,7 @@ class Encoder(AltUpStack):
       segment_ids, max_segments = encoder_segment_ids, cfg.sequence_altup_max_segments
       positions = (sequence.segment_positions(segment_ids) if encoder_positions is None
                    else encoder_positions)
+    x = begin_stream(cfg, x)
     if cfg.scan_layers:
       x, _ = scanned(self, EncoderLayerGroup, self.num_layers, 5, (5,),
                      num_layers=cfg.layer_period(encoder=True), max_segments=max_segments)(
@@ -388,7 +470,7 @@ class Encoder(AltUpStack):
     else:
       x = encoder_layers(cfg, x, self.num_layers, encoder_mask, bias, segment_ids, positions,
                          max_segments, deterministic)
-    return self.finish(x, deterministic)
+    return self.finish(end_stream(cfg, x), deterministic)
 
 
 class Decoder(AltUpStack):
@@ -405,7 +487,7 @@ class Decoder(AltUpStack):
         num_buckets=cfg.relative_attention_num_buckets,
         max_distance=cfg.relative_attention_max_distance, num_heads=cfg.num_heads,
         dtype=cfg.dtype, name='relpos_bias')(length, length, False)
-    y = self.embed(decoder_input_tokens, deterministic)
+    y = begin_stream(cfg, self.embed(decoder_input_tokens, deterministic))
     if cfg.scan_layers:
       y, _ = scanned(self, DecoderLayerGroup, self.num_layers, 7, (5, 6, 7),
                      num_layers=cfg.layer_period(encoder=False))(
@@ -414,7 +496,7 @@ class Decoder(AltUpStack):
     else:
       y = decoder_layers(cfg, y, self.num_layers, encoded, decoder_mask, encoder_decoder_mask,
                          bias, deterministic, decode, length)
-    y = self.finish(y, deterministic)
+    y = self.finish(end_stream(cfg, y), deterministic)
     if cfg.logits_via_embedding:
       logits = self.shared_embedding.attend(y) / jnp.sqrt(y.shape[-1]).astype(cfg.dtype)
     else:

@@ -42,9 +42,9 @@ def check_upcycle(cfg: AltUpConfig) -> None:
     raise UpcycleError('AltUpConfig.altup_k=1 is the dense model itself: nothing to upcycle (use '
                        '`convert runner-to-t5x` / `t5x-to-runner` to change the format only).')
   if cfg.altup_coef_init != 'identity':
-    raise UpcycleError("AltUpConfig.altup_coef_init='normal' adds noise to the coefficients, so the "
-                       "model no longer computes the dense function; upcycling needs "
-                       "altup_coef_init='identity'.")
+    raise UpcycleError(f"AltUpConfig.altup_coef_init={cfg.altup_coef_init!r} starts the "
+                       "coefficients away from identity, so the model no longer computes the dense "
+                       "function; upcycling needs altup_coef_init='identity'.")
   if cfg.altup_reduction == 'sum':
     raise UpcycleError("AltUpConfig.altup_reduction='sum' gives K times the dense activation to the "
                        "final RMS norm, which differs from the dense output through the norm's "
@@ -119,6 +119,9 @@ def upcycle_tensors(cfg: AltUpConfig, dense_shapes: Mapping[Path, Tuple[int, ...
         value = np.tile(value, (1, k))
     elif path[-1] == 'altup_reduce':  # 'projection' reduction, starting at the mean
       value = np.broadcast_to(np.eye(d, dtype=np.float32) / k, (k, d, d)).copy()
+    elif path[-1] in ('altup_embed_projection', 'altup_unembed_projection'):
+      # Gemma 3n's stream maps at the identity: K equal blocks in, their mean out.
+      value = np.broadcast_to(np.eye(d, dtype=np.float32), (k - 1, d, d)).copy()
     else:  # ('encoder'|'decoder', 'altup_<i>', ...)
       value = coefficients[path[2:]]
     if value.shape != want.shape:

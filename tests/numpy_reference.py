@@ -84,7 +84,16 @@ def decoder_layer(p, y, encoded, self_allowed, cross_allowed, bias, cfg):
   return y + mlp(p['mlp'], rms_norm(y, p['pre_mlp_layer_norm']['scale']))
 
 
-def embed_blocks(table, tokens, cfg):
+def rms(x):
+  return np.sqrt(np.mean(np.square(x), axis=-1, keepdims=True))
+
+
+def rescaled(x, target):
+  """Gemma 3n's magnitude matching: x scaled to the RMS magnitude `target`."""
+  return x * target / np.maximum(rms(x), 1e-12)
+
+
+def embed_blocks(table, tokens, cfg, stack_params=None):
   """-> list of K arrays [b, l, d]."""
   e = table[tokens]
   k, d = cfg.altup_k, cfg.emb_dim
@@ -92,7 +101,19 @@ def embed_blocks(table, tokens, cfg):
     return [e]
   if cfg.altup_embedding == 'wide':
     return [e[..., i * d:(i + 1) * d] for i in range(k)]
+  if cfg.altup_embedding == 'projected':  # Gemma 3n: block i >= 1 is e W_i at e's magnitude
+    w = stack_params['altup_embed_projection']
+    return [e] + [rescaled(e @ w[i - 1], rms(e)) for i in range(1, k)]
   return [e.copy() for _ in range(k)]
+
+
+def dynamic_coefficients(cp, h, cfg):
+  """Gemma 3n's router: r = tanh(rmsnorm(h) / d @ W_r); P = I + r clip(W_p), g = 1 + r clip(W_g)."""
+  k, c = cfg.altup_k, cfg.altup_coef_clip
+  r = np.tanh((rms_norm(h, cp['router_norm']['scale']) / cfg.emb_dim) @ cp['router'])
+  p = np.eye(k) + np.einsum('...r,rij->...ij', r, np.clip(cp['predict'], -c, c))
+  g = 1.0 + np.einsum('...r,ri->...i', r, np.clip(cp['correct'], -c, c))
+  return p, g
 
 
 def run_stack(stack_params, blocks, layer_fn, num_layers, cfg):
@@ -102,13 +123,22 @@ def run_stack(stack_params, blocks, layer_fn, num_layers, cfg):
     if k == 1:
       blocks = [layer_fn(lp, blocks[0])]
       continue
-    pc = stack_params[f'altup_{i}']['predict']
-    gc = stack_params[f'altup_{i}']['correct']
+    cp = stack_params[f'altup_{i}']
     j = 0 if cfg.altup_selection == 'same' else i % k
-    xhat = [sum(pc[a, c] * blocks[c] for c in range(k)) for a in range(k)]
+    if cfg.altup_coefficients == 'dynamic':  # per token: p [b, l, k, k], g [b, l, k]
+      pc, gc = dynamic_coefficients(cp, blocks[j], cfg)
+      xhat = [sum(pc[..., a, c, None] * blocks[c] for c in range(k)) for a in range(k)]
+    else:
+      pc, gc = cp['predict'], cp['correct']
+      xhat = [sum(pc[a, c] * blocks[c] for c in range(k)) for a in range(k)]
     source = xhat[j] if cfg.altup_layer_input == 'predicted' else blocks[j]
     out = layer_fn(lp, source)
-    blocks = [xhat[a] + gc[a] * (out - xhat[j]) for a in range(k)]
+    if cfg.altup_coefficients == 'dynamic':
+      if cfg.altup_correct_router == 'output':  # Gemma 3n: the router on the layer output
+        _, gc = dynamic_coefficients(cp, out, cfg)
+      blocks = [xhat[a] + gc[..., a, None] * (out - xhat[j]) for a in range(k)]
+    else:
+      blocks = [xhat[a] + gc[a] * (out - xhat[j]) for a in range(k)]
   return blocks
 
 
@@ -119,6 +149,10 @@ def reduce_blocks(blocks, stack_params, cfg):
     return sum(blocks) / len(blocks)
   if cfg.altup_reduction == 'sum':
     return sum(blocks)
+  if cfg.altup_reduction == 'unproject':  # Gemma 3n: U_i, back to block 0's magnitude, mean
+    u = stack_params['altup_unembed_projection']
+    rest = [rescaled(blocks[i] @ u[i - 1], rms(blocks[0])) for i in range(1, len(blocks))]
+    return (blocks[0] + sum(rest)) / len(blocks)
   w = stack_params['altup_reduce']
   return sum(blocks[i] @ w[i] for i in range(len(blocks)))
 
@@ -137,7 +171,7 @@ def forward(params, cfg, enc_tokens, dec_inputs, dec_targets):
   enc_ok = enc_tokens > 0
   enc_allowed = enc_ok[:, :, None] & enc_ok[:, None, :]
   ebias = rel_bias(ep['relpos_bias']['rel_embedding'], le, le, True, nb, md)
-  blocks = embed_blocks(table, enc_tokens, cfg)
+  blocks = embed_blocks(table, enc_tokens, cfg, ep)
   blocks = run_stack(ep, blocks, lambda p, x: encoder_layer(p, x, enc_allowed, ebias, cfg),
                      cfg.num_encoder_layers, cfg)
   encoded = rms_norm(reduce_blocks(blocks, ep, cfg), ep['encoder_norm']['scale'])
@@ -148,7 +182,7 @@ def forward(params, cfg, enc_tokens, dec_inputs, dec_targets):
   self_allowed = causal[None] & dec_ok[:, :, None] & dec_ok[:, None, :]
   cross_allowed = dec_ok[:, :, None] & enc_ok[:, None, :]
   dbias = rel_bias(dp['relpos_bias']['rel_embedding'], ld, ld, False, nb, md)
-  blocks = embed_blocks(table, dec_inputs, cfg)
+  blocks = embed_blocks(table, dec_inputs, cfg, dp)
   blocks = run_stack(
       dp, blocks,
       lambda p, y: decoder_layer(p, y, encoded, self_allowed, cross_allowed, dbias, cfg),
