@@ -122,9 +122,15 @@ def _postprocess(task, text, example, is_target):
     return fn(text)
 
 
+def example_ids(example: Mapping) -> Dict[str, int]:
+  """The example's dataset ids (`idx`, or `idx/<part>` for MultiRC and ReCoRD), kept in the rows
+  so that test-split predictions can be matched to the leaderboard's ids."""
+  return {k: int(v) for k, v in example.items() if k == 'idx' or k.startswith('idx/')}
+
+
 def predict_examples(trainer, params, task, cfg, examples, num_decodes: int = 1,
                      decoder_params=None, progress_every_s: float = 30.0) -> List[Dict[str, Any]]:
-  """Decodes every example; returns rows with ids, texts and scores.
+  """Decodes every example; returns rows with the example's ids, texts and scores.
 
   Logs progress (examples decoded, rate, ETA) every `progress_every_s` seconds; the first batch,
   which compiles the decoder, is left out of the rate.
@@ -144,6 +150,7 @@ def predict_examples(trainer, params, task, cfg, examples, num_decodes: int = 1,
       ex = examples[len(rows)]
       ids = [int(t) for t in decodes[i]]
       rows.append({
+          **example_ids(ex),
           'inputs': in_vocab.decode([int(t) for t in ex['inputs']]),
           'targets': _text(ex['targets_pretokenized']) if 'targets_pretokenized' in ex
                      else vocab.decode([int(t) for t in ex['targets']]),

@@ -248,7 +248,7 @@ def test_register_is_idempotent_and_names_are_ours(test_vocab):
   tasks.register_tasks(vocabulary=test_vocab)
   assert set(seqio.TaskRegistry.names()) == before
   ours = [n for n in before if n.startswith("altup_")]
-  assert len(ours) == 2 + 11 + 8 + 2
+  assert len(ours) == 2 + 12 + 10 + 2  # GLUE with AX, SuperGLUE with AX-b and AX-g
   task = seqio.get_mixture_or_task(tasks.glue_task_name("cola"))
   assert task.output_features["targets"].vocabulary is test_vocab
   assert task.output_features["inputs"].required is False and task.output_features["inputs"].add_eos

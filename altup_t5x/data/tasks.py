@@ -11,6 +11,10 @@ vocabulary file: both load on first use.
   (eval only), mixture `altup_glue_v2_proportional`.
 - SuperGLUE `altup_super_glue_{name}_v102` (TFDS super_glue 1.0.2), mixture
   `altup_super_glue_v102_proportional`.
+- Test-split inference for the leaderboards (`altup_t5x.leaderboard`): the diagnostic sets
+  `altup_glue_ax_v2` (MNLI's format) and `altup_super_glue_ax{b,g}_v102` (RTE's format), and the
+  mixtures `altup_glue_v2_test` / `altup_super_glue_v102_test` of every task with a test split
+  that the leaderboard scores (MNLI as its matched and mismatched tasks).
 - `altup_squad_v010` (SQuAD v1.1) and `altup_trivia_qa_closed_book`.
 
 TFDS tasks use `vocab.t5_vocabulary()` (T5's 32k SPM on GCS, or `$ALTUP_T5X_SPM_PATH`);
@@ -32,6 +36,8 @@ EMBEDDED_SPAN_CORRUPTION = "altup_embedded_span_corruption"
 C4_SPAN_CORRUPTION = "altup_c4_span_corruption"
 GLUE_MIXTURE = "altup_glue_v2_proportional"
 SUPER_GLUE_MIXTURE = "altup_super_glue_v102_proportional"
+GLUE_TEST_MIXTURE = "altup_glue_v2_test"
+SUPER_GLUE_TEST_MIXTURE = "altup_super_glue_v102_test"
 SQUAD = "altup_squad_v010"
 TRIVIA_QA = "altup_trivia_qa_closed_book"
 
@@ -214,7 +220,23 @@ def _register_glue(vocabulary: seqio.Vocabulary) -> list:
                   prep.glue_text, benchmark_name="mnli", label_names=GLUE_LABELS["mnli"]),
               output_features=features, postprocess_fn=post, metric_fns=metric_fns)
     mixture.append((task, 0.0))  # no train split: evaluated, never sampled
+
+  # The diagnostic set (TFDS glue/ax, a test split only) in MNLI's format, so that the MNLI model
+  # predicts it (as T5's glue_ax_v002); inference only, in the test mixture, not in this one.
+  _add_task(glue_task_name("ax"),
+            source=seqio.TfdsDataSource(tfds_name="glue/ax:2.0.0", splits={"test": "test"}),
+            preprocessors=_text_preprocessors(
+                prep.glue_text, benchmark_name="mnli", label_names=GLUE_LABELS["mnli"]),
+            output_features=features, postprocess_fn=post, metric_fns=[])
   return mixture
+
+
+def _axb_text(x: Mapping) -> dict:
+  """AX-b in SuperGLUE RTE's format (as T5's super_glue_axb_v102): sentence1/2 read as
+  premise/hypothesis, so that the input reads as an RTE example."""
+  pair = {"premise": x["sentence1"], "hypothesis": x["sentence2"], "label": x["label"],
+          "idx": x["idx"]}
+  return prep.glue_text(pair, benchmark_name="rte", label_names=SUPER_GLUE_LABELS["rte"])
 
 
 def _register_super_glue(vocabulary: seqio.Vocabulary) -> list:
@@ -244,6 +266,17 @@ def _register_super_glue(vocabulary: seqio.Vocabulary) -> list:
               preprocessors=fmt, output_features=features,
               postprocess_fn=post, metric_fns=metric_fns)
     mixture.append((super_glue_task_name(name), float(SUPER_GLUE_TRAIN_SIZES[name])))
+
+  # The diagnostic sets (test split only) in RTE's format, so that the RTE model predicts them (as
+  # T5's super_glue_ax{b,g}_v102); inference only, in the test mixture, not in this one.
+  _, post = _classification_metrics("rte")
+  for name, fmt in (("axb", _axb_text), ("axg", functools.partial(
+      prep.glue_text, benchmark_name="rte", label_names=SUPER_GLUE_LABELS["rte"]))):
+    _add_task(super_glue_task_name(name),
+              source=seqio.TfdsDataSource(tfds_name=f"super_glue/{name}:1.0.2",
+                                          splits={"test": "test"}),
+              preprocessors=_text_preprocessors(fmt), output_features=features,
+              postprocess_fn=post, metric_fns=[])
   return mixture
 
 
@@ -289,6 +322,13 @@ def register_tasks(vocabulary: Optional[seqio.Vocabulary] = None,
 
   _add_mixture(GLUE_MIXTURE, _register_glue(vocabulary))
   _add_mixture(SUPER_GLUE_MIXTURE, _register_super_glue(vocabulary))
+  # Every task the leaderboards score, on its test split (T5X's infer runs each task of a mixture
+  # on the split, and MNLI's own task has test_matched/test_mismatched, not "test").
+  glue_test = [glue_task_name(n) for n in GLUE_LABELS if n != "mnli"] + [
+      glue_task_name(n) for n in ("mnli_matched", "mnli_mismatched", "ax")]
+  super_glue_test = [super_glue_task_name(n) for n in list(SUPER_GLUE_LABELS) + ["axb", "axg"]]
+  _add_mixture(GLUE_TEST_MIXTURE, [(t, 1.0) for t in glue_test])
+  _add_mixture(SUPER_GLUE_TEST_MIXTURE, [(t, 1.0) for t in super_glue_test])
 
 
 register_tasks()
