@@ -294,10 +294,12 @@ def run_layers(cfg: AltUpConfig, state, num_layers: int, layer_call):
 
 
 def encoder_layers(cfg: AltUpConfig, x, num_layers: int, mask, bias, segment_ids, positions,
-                   max_segments: int, deterministic: bool, remat_layers: bool = True):
+                   max_segments: int, deterministic: bool, remat_layers: bool = True,
+                   grid: bool = False):
   """Encoder layers 0..num_layers-1 (`layers_{i}`, `altup_{i}`, `sequence_altup_{i}`) built in the
   calling module; each T5.1.1 layer under cfg.remat_policy if remat_layers (False in a scanned
-  group, which is rematerialised as a whole)."""
+  group, which is rematerialised as a whole). grid: the rows are unpacked (Sequence-AltUp then
+  takes its anchors as a strided slice)."""
   layer_cls = _remat(cfg, EncoderLayer, static_argnums=(3,)) if remat_layers else EncoderLayer
   layer_modules = [layer_cls(cfg, cfg.is_sparse_layer(i), name=f'layers_{i}')
                    for i in range(num_layers)]
@@ -312,6 +314,11 @@ def encoder_layers(cfg: AltUpConfig, x, num_layers: int, mask, bias, segment_ids
 
     def on_anchors(h_anchors, slot_positions, slot_valid):  # the anchors, their mask and bias
       sub_mask = slot_valid[:, None, :, None] & slot_valid[:, None, None, :]
+      if isinstance(slot_positions, slice):  # unpacked rows: the anchors are a strided slice
+        if mask is not None:
+          sub_mask = sub_mask & (mask[:, :, slot_positions, slot_positions] > 0)
+        return layer_modules[i](h_anchors, sub_mask.astype(cfg.dtype),
+                                bias[:, :, slot_positions, slot_positions], deterministic)
       if mask is not None:
         rows = jnp.take_along_axis(mask, slot_positions[:, None, :, None], axis=2)
         sub_mask = sub_mask & (jnp.take_along_axis(rows, slot_positions[:, None, None, :],
@@ -323,7 +330,7 @@ def encoder_layers(cfg: AltUpConfig, x, num_layers: int, mask, bias, segment_ids
     alpha, beta = scalars[i]() if scalars[i] is not None else (1.0, 1.0)
     return sequence.sequence_altup_step(
         h, on_anchors, stride, cfg.sequence_offset(i), alpha, beta, cfg.sequence_altup_mode,
-        segment_ids=segment_ids, positions=positions, max_segments=max_segments)
+        segment_ids=segment_ids, positions=positions, max_segments=max_segments, grid=grid)
 
   return run_layers(cfg, x, num_layers, layer_call)
 
@@ -346,11 +353,13 @@ class EncoderLayerGroup(nn.Module):
   config: AltUpConfig
   num_layers: int = 1
   max_segments: int = 1
+  grid: bool = False
 
   @nn.compact
   def __call__(self, x, mask, bias, segment_ids, positions, deterministic):
     return encoder_layers(self.config, x, self.num_layers, mask, bias, segment_ids, positions,
-                          self.max_segments, deterministic, remat_layers=False), None
+                          self.max_segments, deterministic, remat_layers=False,
+                          grid=self.grid), None
 
 
 class DecoderLayerGroup(nn.Module):
@@ -463,13 +472,14 @@ class Encoder(AltUpStack):
       positions = (sequence.segment_positions(segment_ids) if encoder_positions is None
                    else encoder_positions)
     x = begin_stream(cfg, x)
+    grid = encoder_segment_ids is None
     if cfg.scan_layers:
       x, _ = scanned(self, EncoderLayerGroup, self.num_layers, 5, (5,),
-                     num_layers=cfg.layer_period(encoder=True), max_segments=max_segments)(
-                         x, encoder_mask, bias, segment_ids, positions, deterministic)
+                     num_layers=cfg.layer_period(encoder=True), max_segments=max_segments,
+                     grid=grid)(x, encoder_mask, bias, segment_ids, positions, deterministic)
     else:
       x = encoder_layers(cfg, x, self.num_layers, encoder_mask, bias, segment_ids, positions,
-                         max_segments, deterministic)
+                         max_segments, deterministic, grid=grid)
     return self.finish(end_stream(cfg, x), deterministic)
 
 

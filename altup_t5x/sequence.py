@@ -40,12 +40,18 @@ never read back. Should a row hold more anchors than c (more than k short segmen
 beyond slot c are dropped like tokens over an MoE expert's capacity: the tokens of their windows are
 left unchanged by that layer; no information crosses segments either way.
 
+Unpacked rows (`grid=True`: every row is one example starting at position 0, padding at the end)
+take a cheaper route to the same function: the anchors are the strided slice x[:, o::s], their
+mask and bias the same slice of the row's, and each token reads its anchor's output through a
+repeat along the length (no gather, no scatter in the backward pass).
+
 Shapes: x [b, l, d]; the layer sees [b, c, d].
 """
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def segment_positions(segment_ids):
@@ -104,7 +110,7 @@ def plan_anchors(segment_ids, positions, stride: int, offset: int, capacity: int
 
 def sequence_altup_step(x, layer_fn, stride: int, offset: int, alpha=1.0, beta=1.0,
                         mode: str = 'predict_correct', causal: bool = False, segment_ids=None,
-                        positions=None, max_segments: int = 1):
+                        positions=None, max_segments: int = 1, grid: bool = False):
   """One layer under Sequence-AltUp.
 
   Args:
@@ -119,9 +125,14 @@ def sequence_altup_step(x, layer_fn, stride: int, offset: int, alpha=1.0, beta=1
     segment_ids: [b, l] int, 0 = padding; None: every row is one segment.
     positions: [b, l] positions inside the segments; None: derived from segment_ids (or 0..l-1).
     max_segments: the most segments a row holds (sets the static anchor capacity).
+    grid: the rows are unpacked (positions 0..l-1; `positions` and `max_segments` unused): the
+      anchors are the slice x[:, offset::stride] and layer_fn receives that `slice` in place of
+      the slots' row positions.
   Returns: [b, l, d].
   """
   b, length = x.shape[:2]
+  if grid:
+    return _grid_step(x, layer_fn, stride, offset, alpha, beta, mode, causal, segment_ids)
   if segment_ids is None:
     segment_ids = jnp.ones((b, length), jnp.int32)
   if positions is None:
@@ -140,3 +151,35 @@ def sequence_altup_step(x, layer_fn, stride: int, offset: int, alpha=1.0, beta=1
     innovation = on_anchor - alpha * jnp.take_along_axis(x_anchors, token_slot, axis=1)
     skipped = jnp.where(plan.has_anchor[..., None], alpha * x + beta * innovation, x)
   return jnp.where(plan.is_anchor[..., None], on_anchor, skipped).astype(x.dtype)
+
+
+def _spread(a, length: int, stride: int, offset: int):
+  """[b, c, ...] values of the anchors o, o+s, ... -> [b, l, ...] each token's anchor's value
+  (tokens before the first anchor take the first one's), by a repeat: no gather."""
+  rep = jnp.repeat(a, stride, axis=1)[:, :length - offset]
+  head = jnp.broadcast_to(a[:, :1], (a.shape[0], offset) + a.shape[2:])
+  return jnp.concatenate([head, rep], axis=1)
+
+
+def _grid_step(x, layer_fn, stride, offset, alpha, beta, mode, causal, segment_ids):
+  """sequence_altup_step for unpacked rows: the same function by slices and repeats."""
+  b, length = x.shape[:2]
+  if offset >= length:
+    return x
+  valid = (jnp.ones((b, length), bool) if segment_ids is None else segment_ids != 0)
+  anchors = slice(offset, None, stride)
+  x_anchors = x[:, anchors]  # [b, c, d]
+  slot_valid = valid[:, anchors]
+  out = layer_fn(x_anchors, anchors, slot_valid)
+  t = np.arange(length)
+  is_anchor = valid & jnp.asarray((t >= offset) & ((t - offset) % stride == 0))[None]
+  on_anchor = _spread(out, length, stride, offset)
+  if mode == 'skip':
+    skipped = x
+  else:
+    has_anchor = valid & _spread(slot_valid, length, stride, offset)
+    if causal:
+      has_anchor = has_anchor & jnp.asarray(t >= offset)[None]
+    innovation = on_anchor - alpha * _spread(x_anchors, length, stride, offset)
+    skipped = jnp.where(has_anchor[..., None], alpha * x + beta * innovation, x)
+  return jnp.where(is_anchor[..., None], on_anchor, skipped).astype(x.dtype)
