@@ -362,8 +362,13 @@ def _labels(entry: LeaderboardFile, rows, unknown_label: str) -> Tuple[Dict, Lis
   if bad and unknown_label == 'error':
     allowed = (f'a number in [{STSB_RANGE[0]:g}, {STSB_RANGE[1]:g}]' if entry.style == 'score'
                else ', '.join(repr(x) for x in entry.labels))
-    shown = ', '.join(f'{i} {t!r}' for i, t in sorted(bad, key=lambda b: b[0])[:_SHOWN])
-    more = f' and {len(bad) - _SHOWN} more' if len(bad) > _SHOWN else ''
+    by_text = collections.defaultdict(list)
+    for ids, text in bad:
+      by_text[text].append(ids)
+    groups = sorted(by_text.items(), key=lambda g: (-len(g[1]), min(g[1])))
+    shown = '; '.join(f'{t!r} (id {ids[0]})' if len(ids) == 1 else f'{t!r} ({len(ids)} ids: '
+                      f'{_show(ids)})' for t, ids in groups[:_SHOWN])
+    more = f'; {len(groups) - _SHOWN} other texts' if len(groups) > _SHOWN else ''
     return out, [f'{len(bad)} of {len(rows)} predictions are not a label of the task '
                  f'(allowed: {allowed}): {shown}{more} (--unknown_label=first writes the first '
                  f'label instead)'], 0

@@ -279,9 +279,13 @@ def test_refuses_duplicate_ids_and_reports_every_problem_at_once(valid):
   preds, out = valid
   _edit(_t5x_file(preds, 'cb'), lambda rows: rows + rows[:1])
   _edit(_t5x_file(preds, 'wic'), _set_prediction(1.0, 'maybe'))
+  _edit(_t5x_file(preds, 'wsc'), _set_prediction(0.0, '<extra_id_1>'))
+  _edit(_t5x_file(preds, 'wsc'), _set_prediction(1.0, '<extra_id_1>'))
   msg = _refused('super_glue', preds, out, r'CB\.jsonl .*1 ids predicted more than once: 2')
+  assert "WSC.jsonl (altup_super_glue_wsc_v102): 2 of 2 predictions are not a label of the task " \
+         "(allowed: 'False', 'True'): '<extra_id_1>' (2 ids: 0, 1)" in msg
   assert "WiC.jsonl (altup_super_glue_wic_v102): 1 of 2 predictions are not a label of the task " \
-         "(allowed: 'False', 'True'): 1 'maybe'" in msg
+         "(allowed: 'False', 'True'): 'maybe' (id 1)" in msg
 
 
 def test_unknown_labels_refused_or_written_as_the_first_label(valid):
@@ -289,7 +293,7 @@ def test_unknown_labels_refused_or_written_as_the_first_label(valid):
   _edit(_t5x_file(preds, 'cb'), _set_prediction(0.0, 'entail'))
   _edit(_t5x_file(preds, 'cb'), _set_prediction(2.0, ''))
   _refused('super_glue', preds, out, r"CB\.jsonl .*2 of 3 predictions are not a label of the task "
-           r"\(allowed: 'entailment', 'contradiction', 'neutral'\): 0 'entail', 2 ''")
+           r"\(allowed: 'entailment', 'contradiction', 'neutral'\): 'entail' \(id 0\); '' \(id 2\)")
   with _mock():
     report = lb.export('super_glue', [preds], out, unknown_label='first')
   assert 'CB.jsonl: 3 predictions, 3 lines (ids checked against the TFDS test split, 2 unknown ' \
@@ -306,7 +310,7 @@ def test_stsb_out_of_range_or_not_a_number(examples, tmp_path):
   _edit(path, _set_prediction(0.0, '7.5'))
   _edit(path, _set_prediction(1.0, 'similar'))
   _refused('glue', preds, out, r"STS-B\.tsv .*2 of 3 predictions are not a label of the task "
-           r"\(allowed: a number in \[0, 5\]\): 0 '7\.5', 1 'similar'")
+           r"\(allowed: a number in \[0, 5\]\): '7\.5' \(id 0\); 'similar' \(id 1\)")
   with _mock():
     lb.export('glue', [preds], out, unknown_label='first')
   assert _zip_texts(out)['STS-B.tsv'] == 'index\tprediction\n0\t5.000\n1\t0.000\n2\t5.000\n'
