@@ -252,9 +252,11 @@ def read_predictions(files: Sequence[str], entry: LeaderboardFile) -> List[Tuple
               f' (after the infer config); the runner (altup_t5x.infer) writes them itself.')
         ids = tuple(_as_int(fields[k], k, where) for k in keys)
         prediction = row['prediction']
-        if isinstance(prediction, list):  # several decodes: T5X keeps the best first
-          prediction = prediction[0]
-        rows.append((ids if len(ids) > 1 else ids[0], str(prediction)))
+        if not isinstance(prediction, str):
+          raise LeaderboardError(
+              f'{where}: the prediction is {type(prediction).__name__} {prediction!r}, not one '
+              f'decoded string; decode one answer per example (no return_all_decodes).')
+        rows.append((ids if len(ids) > 1 else ids[0], prediction))
   return rows
 
 
@@ -274,8 +276,7 @@ def split_ids(entry: LeaderboardFile, tfds_data_dir: Optional[str] = None):
   except (AssertionError, tfds.core.DatasetNotFoundError, FileNotFoundError):
     return None  # not prepared there
   ids = []
-  for ex in ds.as_numpy_iterator():
-    idx = ex['idx']
+  for idx in ds.map(lambda ex: ex['idx']).as_numpy_iterator():  # the ids alone: no text decoded
     if entry.style == 'multirc':
       ids.append((int(idx['paragraph']), int(idx['question']), int(idx['answer'])))
     elif entry.style == 'record':
@@ -453,6 +454,10 @@ def build(benchmark: str, predictions: Sequence[str], fmt: str = 'auto', ids_fro
     size = sizes.get(entry.name, entry.test_size)
     keys = [ids for ids, _ in rows]
     file_problems = _check_ids(entry, keys, expected, size)
+    if any('have no prediction' in p for p in file_problems) and any(
+        _RUNNER_NAME.match(os.path.basename(f)) for f in found[entry.task]):
+      file_problems.append('altup_t5x.infer decodes the first MAX_EXAMPLES (64) examples unless '
+                           'run with --gin.MAX_EXAMPLES=None')
     labels, label_problems, replaced = _labels(entry, rows, unknown_label)
     file_problems += label_problems
     problems += [f'{entry.filename} ({entry.task}): {p}' for p in file_problems]

@@ -1,6 +1,7 @@
 """Runs a T5X script (t5x.train, t5x.eval, t5x.infer) on mock SuperGLUE, offline.
 
-    python tests/t5x_mock_super_glue.py t5x.train --gin_file=configs/smoke/tiny_baseline_finetune.gin \
+    python tests/t5x_mock_super_glue.py t5x.train \
+      --gin_file=configs/smoke/tiny_baseline_finetune.gin \
       --gin.MIXTURE_OR_TASK_NAME="'altup_super_glue_v102_proportional'" ...
 
 Every TFDS super_glue split is replaced by the few rows of `rows()` (tfds.testing.mock_data), and
@@ -75,7 +76,8 @@ def _as_dataset(self, split, **unused_kwargs):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   if self.name != 'super_glue':
     raise KeyError(f'only super_glue is mocked, not {self.name}')
-  data = [{k: tf.constant(v, tf.string) if k in ('answers', 'entities') else v  # [] is a string list
+  # String lists as tf.string even when empty (a bare [] would be float32).
+  data = [{k: tf.constant(v, tf.string) if k in ('answers', 'entities') else v
            for k, v in r.items()} for r in rows(self.builder_config.name, str(split))]
   return functools.reduce(lambda a, b: a.concatenate(b),
                           [tf.data.Dataset.from_tensors(r) for r in data])

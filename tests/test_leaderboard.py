@@ -60,8 +60,10 @@ ROWS = {
                               'label': label, 'idx': i} for i, label in ((1, 1), (0, 0))],
     'super_glue/axb': _nli([(0, 0), (1, 1)], a='sentence1', b='sentence2'),
     'super_glue/axg': _nli([(1, 0), (0, 1)]),
-    'glue/cola': [{'sentence': f'S {i}.', 'label': label, 'idx': i} for i, label in ((0, 1), (1, 0))],
-    'glue/sst2': [{'sentence': f'S {i}.', 'label': label, 'idx': i} for i, label in ((1, 1), (0, 0))],
+    'glue/cola': [{'sentence': f'S {i}.', 'label': label, 'idx': i}
+                  for i, label in ((0, 1), (1, 0))],
+    'glue/sst2': [{'sentence': f'S {i}.', 'label': label, 'idx': i}
+                  for i, label in ((1, 1), (0, 0))],
     'glue/mrpc': _nli([(0, 1), (1, 0)], a='sentence1', b='sentence2'),
     'glue/stsb': [{'sentence1': 'A.', 'sentence2': 'B.', 'label': np.float32(v), 'idx': i}
                   for i, v in ((2, 5.0), (0, 3.4), (1, 0.0))],
@@ -147,7 +149,7 @@ class _TeacherTrainer:
 
 
 def write_runner(out_dir, examples, benchmark):
-  """The runner's files, <task>-predict.jsonl, from eval.predict_examples as infer.py writes them."""
+  """The runner's files, <task>-predict.jsonl: eval.predict_examples' rows, as infer.py writes."""
   os.makedirs(out_dir, exist_ok=True)
   cfg = types.SimpleNamespace(batch_size=2, task_feature_lengths=LENGTHS)
   for entry in lb.FILES[benchmark]:
@@ -418,3 +420,21 @@ def test_command_line(valid, tmp_path):
   assert bad.returncode == 2
   assert 'ERROR: no submission written:' in bad.stderr and 'of 3245 ids' in bad.stderr
   assert not os.path.exists(fresh)
+
+
+def test_a_limited_runner_run_is_named(examples, tmp_path):
+  preds = write_runner(str(tmp_path / 'infer'), examples, 'glue')
+  path = os.path.join(preds, f'{tasks.glue_task_name("cola")}-predict.jsonl')
+  _edit(path, lambda rows: rows[:1])
+  _refused('glue', preds, str(tmp_path / 'glue.zip'),
+           r'CoLA\.tsv \(altup_glue_cola_v2\): 1 of 2 ids of the TFDS test split have no '
+           r'prediction: 1\n.*CoLA\.tsv .*--gin\.MAX_EXAMPLES=None')
+
+
+def test_refuses_a_list_of_decodes(valid):
+  preds, out = valid
+  _edit(_t5x_file(preds, 'rte'), lambda rows: [dict(r, prediction=[r['prediction']] * 2)
+                                               for r in rows])
+  with pytest.raises(lb.LeaderboardError, match=r'-predict\.jsonl-00000-of-00001:1: the prediction '
+                     r'is list .*decode one answer per example'):
+    lb.export('super_glue', [preds], out)
