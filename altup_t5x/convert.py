@@ -41,6 +41,8 @@ from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple
 import flax
 import numpy as np
 
+from altup_t5x import models
+
 Path = Tuple[str, ...]
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 T5X_STEP_PREFIX = 'checkpoint'  # T5X's checkpoint_<step> directories
@@ -317,8 +319,8 @@ def convert(source: Source, output: str, fmt: str) -> str:
   _warn(f'optimizer state is not converted ({source.kind} -> {fmt}): the destination starts a '
         'fresh Adafactor state (README "Upcycling and converting checkpoints").')
   written = WRITERS[fmt](output, params, source.step)
-  print(f'converted {source.path} ({source.kind}, step {source.step}, {_count(params):,} '
-        f'parameters) -> {written} ({fmt})', flush=True)
+  print(f'converted {source.path} ({source.kind}, step {source.step}, '
+        f'{models.count_params(params):,} parameters) -> {written} ({fmt})', flush=True)
   return written
 
 
@@ -329,15 +331,11 @@ def upcycle(source: Source, cfg, output: str, fmt: str = 't5x') -> str:
   _prepare_output(output)  # fail before reading anything
   params = dict(upcycle_lib.upcycle_tensors(cfg, source.shapes, source.read))
   written = WRITERS[fmt](output, params, 0)
-  print(f'upcycled {source.path} ({source.kind}, step {source.step}, {_count(source.shapes):,} '
-        f'parameters) -> {written} ({fmt}, step 0, altup_k={cfg.altup_k}, {cfg.altup_embedding} '
-        f'embedding, {cfg.altup_coefficients} coefficients, {_count(params):,} parameters)',
-        flush=True)
+  print(f'upcycled {source.path} ({source.kind}, step {source.step}, '
+        f'{models.count_params(source.shapes):,} parameters) -> {written} ({fmt}, step 0, '
+        f'altup_k={cfg.altup_k}, {cfg.altup_embedding} embedding, {cfg.altup_coefficients} '
+        f'coefficients, {models.count_params(params):,} parameters)', flush=True)
   return written
-
-
-def _count(tree) -> int:
-  return sum(int(np.prod(v if isinstance(v, tuple) else np.shape(v))) for v in tree.values())
 
 
 # --------------------------------------------------------------------------------------------------

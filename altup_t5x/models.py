@@ -12,6 +12,7 @@ T5X's encoder-decoder network interface (`__call__`, `encode`, `decode`; ALTUP.m
     decodes, aux = model.predict_batch_with_aux(variables['params'], batch, num_decodes=4)
 """
 import functools
+import math
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
 import flax.linen as nn
@@ -233,4 +234,11 @@ class EncoderDecoderModel:
 
 
 def count_params(params: PyTree) -> int:
-  return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(params)))
+  """Number of parameters in a tree of arrays, `jax.ShapeDtypeStruct`s or shape tuples.
+
+  Shapes count as well as arrays so that the planner (abstract shapes) and the checkpoint
+  converter (a checkpoint's shapes, read before any tensor) count like the trainer.
+  """
+  is_shape = lambda x: isinstance(x, tuple) and all(isinstance(d, (int, np.integer)) for d in x)
+  leaves = jax.tree_util.tree_leaves(params, is_leaf=is_shape)
+  return sum(math.prod(int(d) for d in (x if is_shape(x) else np.shape(x))) for x in leaves)

@@ -29,15 +29,15 @@ the fit is then a lower bound (no activations).
 """
 import argparse
 import contextlib
-import csv
 import importlib
-import io
 import json
-import math
 import os
 import sys
 import time
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Sequence, Tuple
+
+from altup_t5x import csv_tables
+from altup_t5x import models
 
 GiB = 1024 ** 3
 
@@ -59,6 +59,9 @@ CSV_FIELDS = ['config', 'size', 'variant', 'devices', 'mesh', 'scan_layers', 're
               'mode', 'backend', 'params', 'param_bytes_per_device',
               'optimizer_bytes_per_device', 'temp_bytes_per_device', 'peak_bytes_per_device',
               'flops_per_step', 'compile_seconds']
+
+# A row of the table per (config, devices, mesh, scan, remat, mode): re-planning replaces it.
+CSV_KEY = ('config', 'devices', 'mesh', 'scan_layers', 'remat_policy', 'mode')
 
 JSON_KEYS = ('devices', 'mesh', 'params', 'param_bytes_per_device', 'optimizer_bytes_per_device',
              'temp_bytes_per_device', 'peak_bytes_per_device', 'flops_per_step',
@@ -257,11 +260,6 @@ def bytes_per_device(tree, shardings) -> int:
   return total
 
 
-def count_params(tree) -> int:
-  import jax  # pylint: disable=g-import-not-at-top
-  return int(sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(tree)))
-
-
 def batch_shapes(batch_size: int, lengths: Mapping[str, int]):
   """Packed encoder-decoder features, as seqio.EncDecFeatureConverter(pack=True) makes them."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -379,7 +377,7 @@ def plan(args, simulate: bool = True) -> Dict[str, Any]:
       'task_feature_lengths': dict(got['task_feature_lengths']),
       'scan_layers': bool(getattr(cfg, 'scan_layers', False)),
       'remat_policy': str(getattr(cfg, 'remat_policy', 'none')),
-      'params': count_params(built['params']),
+      'params': models.count_params(built['params']),
       'param_bytes_per_device': param_bytes,
       # Everything in the train state that is not a parameter: Adafactor statistics (+ the step).
       'optimizer_bytes_per_device': state_bytes - param_bytes,
@@ -465,17 +463,7 @@ def csv_row(r: Mapping[str, Any], label: str, size: str = '', variant: str = '')
 
 def append_csv(path: str, row: Mapping[str, Any]) -> None:
   """Adds the row, replacing an earlier one for the same config/mesh/scan/remat/mode."""
-  key = lambda x: tuple(str(x[k]) for k in ('config', 'devices', 'mesh', 'scan_layers',
-                                            'remat_policy', 'mode'))
-  rows = []
-  if os.path.exists(path):
-    with open(path) as f:
-      rows = [x for x in csv.DictReader(f) if key(x) != key(row)]
-  rows.append({k: row[k] for k in CSV_FIELDS})
-  with open(path, 'w', newline='') as f:
-    w = csv.DictWriter(f, CSV_FIELDS, lineterminator='\n')
-    w.writeheader()
-    w.writerows(rows)
+  csv_tables.update(path, [row], CSV_FIELDS, key=CSV_KEY, lineterminator='\n')
 
 
 # --------------------------------------------------------------------------------------------------
@@ -553,9 +541,7 @@ def render_pods_md(rows: Sequence[Mapping[str, str]]) -> str:
   return '\n'.join(out) + '\n'
 
 
-def read_csv(path: str) -> List[Dict[str, str]]:
-  with open(path) as f:
-    return list(csv.DictReader(f))
+read_csv = csv_tables.read  # the planner's table, also read by scripts/gen_configs.py
 
 
 # --------------------------------------------------------------------------------------------------

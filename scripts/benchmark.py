@@ -77,6 +77,7 @@ def main(argv=None):
     except t5x_compare.T5XPythonError as e:
       sys.exit(f'ERROR: {e}')
   os.makedirs(args.out, exist_ok=True)
+  from altup_t5x import csv_tables  # pylint: disable=g-import-not-at-top
   from studies import common  # pylint: disable=g-import-not-at-top
   t0 = time.perf_counter()
   if args.command == 'all' and not args.quick:
@@ -84,7 +85,8 @@ def main(argv=None):
   if args.command in ('speed', 'all'):
     from studies import speed  # pylint: disable=g-import-not-at-top
     rows = speed.run_speed(args)
-    common.write_csv(os.path.join(args.out, 'speed.csv'), rows, speed.SPEED_COLUMNS)
+    csv_tables.write(os.path.join(args.out, 'speed.csv'), rows, speed.SPEED_COLUMNS,
+                     float_format=common.FLOAT_FORMAT)
     common.write_meta(args.out, 'speed')
     speed.plot_speed(args.out)
   if args.command == 't5x':
@@ -93,7 +95,8 @@ def main(argv=None):
     except ImportError as e:
       sys.exit(f'ERROR: `t5x` needs T5X importable ({e}); run it with the Python of a T5X '
                f'environment (see --t5x-python).')
-    common.write_csv(os.path.join(args.out, 't5x.csv'), rows, t5x_compare.T5X_COLUMNS)
+    csv_tables.write(os.path.join(args.out, 't5x.csv'), rows, t5x_compare.T5X_COLUMNS,
+                     float_format=common.FLOAT_FORMAT)
     common.write_meta(args.out, 't5x')
   if args.command == 'all':
     if t5x_python:

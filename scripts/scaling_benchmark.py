@@ -24,7 +24,6 @@ of round-robin timed calls over the variants, so machine load hits all alike. No
 step's FLOPs (use the unrolled row's).
 """
 import argparse
-import csv
 import os
 import resource
 import statistics
@@ -39,6 +38,7 @@ from studies import common as bm  # pylint: disable=g-import-not-at-top
 import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp
 
+from altup_t5x import csv_tables
 from altup_t5x.config import AltUpConfig
 from altup_t5x.network import Transformer
 
@@ -102,26 +102,6 @@ def row(part, size, variant, cfg, shape, **values):
   return out
 
 
-def append_csv(path, rows, columns=COLUMNS):
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  new = not os.path.exists(path)
-  if not new:
-    with open(path) as f:
-      old = list(csv.DictReader(f))
-      header = list(old[0].keys()) if old else columns
-    if header != columns:  # a CSV written before a column was added: rewrite it with the new header
-      with open(path + '.tmp', 'w', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction='ignore')
-        writer.writeheader()
-        writer.writerows(old)
-      os.replace(path + '.tmp', path)
-  with open(path, 'a', newline='') as f:
-    writer = csv.DictWriter(f, fieldnames=columns, extrasaction='ignore')
-    if new:
-      writer.writeheader()
-    writer.writerows(rows)
-
-
 def run_compile(args):
   shape = dict(batch=8, inputs=512, targets=114)
   rows = []
@@ -135,7 +115,7 @@ def run_compile(args):
         rows.append(row('compile', size, variant, cfg, shape, **r))
         print(f'{size:6s} {variant:9s} scan={scan!s:5s} lower {r["lower_s"]:6.1f}s compile '
               f'{r["compile_s"]:6.1f}s temp {r["temp_bytes"] / 2**30:6.2f} GiB', flush=True)
-        append_csv(args.csv, rows[-1:])
+        csv_tables.update(args.csv, rows[-1:], COLUMNS)
       print(f'{size:6s} {variant:9s} scanned / unrolled (lower + compile) = '
             f'{pair[True] / pair[False]:.2f}x', flush=True)
   return rows
@@ -153,7 +133,7 @@ def run_memory(args):
           r = aot(cfg, **shape)
           temps[policy] = r['temp_bytes']
           rows.append(row('memory', size, variant, cfg, shape, **r))
-          append_csv(args.csv, rows[-1:])
+          csv_tables.update(args.csv, rows[-1:], COLUMNS)
           print(f'{size:6s} {variant:9s} scan={scan!s:5s} remat={policy:8s} temp '
                 f'{r["temp_bytes"] / 2**30:7.2f} GiB ({r["temp_bytes"] / temps["none"]:.2f}x '
                 f'of none)  compile {r["lower_s"] + r["compile_s"]:.1f}s', flush=True)
@@ -162,12 +142,9 @@ def run_memory(args):
 
 def existing_rows(path, part):
   """Rows of `part` already in the CSV, keyed by (size, variant, scan_layers, remat_policy)."""
-  if not os.path.exists(path):
-    return {}
-  with open(path) as f:
-    return {(r['size'], r['variant'], r['scan_layers'] == 'True', r['remat_policy']):
-            {k: float(r[k]) for k in ('lower_s', 'compile_s', 'temp_bytes', 'peak_bytes', 'flops')}
-            for r in csv.DictReader(f) if r['part'] == part}
+  return {(r['size'], r['variant'], r['scan_layers'] == 'True', r['remat_policy']):
+          {k: float(r[k]) for k in ('lower_s', 'compile_s', 'temp_bytes', 'peak_bytes', 'flops')}
+          for r in csv_tables.read(path, missing_ok=True) if r['part'] == part}
 
 
 def run_sweep(args):
@@ -191,7 +168,7 @@ def run_sweep(args):
         r = aot(cfg, **shape)
         res[scan, policy] = r
         rows.append(row('sweep', size, variant, cfg, shape, **r))
-        append_csv(args.csv, rows[-1:])
+        csv_tables.update(args.csv, rows[-1:], COLUMNS)
         none = res.get((scan, 'none'), r)
         print(f'{size:6s} {variant:9s} scan={scan!s:5s} remat={policy:8s} lower {r["lower_s"]:6.1f}s '
               f'compile {r["compile_s"]:6.1f}s temp {r["temp_bytes"] / 2**30:7.2f} GiB '
@@ -270,7 +247,7 @@ def run_step(args):
                       step_ms_min=1e3 * min(times), step_ms_max=1e3 * max(times)))
       print(f'small {variant:9s} {name:20s} step {1e3 * med:8.1f} ms ({med / base:.3f}x of '
             f'unrolled; round medians {1e3 * min(times):.1f}-{1e3 * max(times):.1f})', flush=True)
-    append_csv(args.csv, rows[-len(timed):])
+    csv_tables.update(args.csv, rows[-len(timed):], COLUMNS)
   return rows
 
 
@@ -313,7 +290,7 @@ def run_profile(args):
       print(f'small {variant} {name}: step {step:.1f} ms untraced ({fault:.0f} page faults), '
             f'{traced:.1f} ms traced; '
             + ', '.join(f'{c} {ms:.1f}' for c, (ms, _) in cats.items()), flush=True)
-  append_csv(args.profile_csv, rows, PROFILE_COLUMNS)
+  csv_tables.update(args.profile_csv, rows, PROFILE_COLUMNS)
   return rows
 
 
@@ -360,7 +337,7 @@ def run_embedding(args):
     print(f'embedding {vocab} x {width}, tokens {shape}, one_hot={one_hot!s:5s}: '
           f'{1e3 * med[one_hot]:.1f} ms (fwd + grad)', flush=True)
   print(f'one-hot / gather = {med[True] / med[False]:.1f}x')
-  append_csv(args.csv, rows)
+  csv_tables.update(args.csv, rows, COLUMNS)
   return rows
 
 

@@ -1,5 +1,8 @@
-"""Shared pieces of the benchmarks: variants, configs, the jitted train step, timing, CSV I/O."""
-import csv
+"""Shared pieces of the benchmarks: variants, configs, the jitted train step, timing, run metadata.
+
+Measurements are written with `altup_t5x.csv_tables` (floats as FLOAT_FORMAT); parameters are
+counted with `altup_t5x.models.count_params`, as the trainer counts them.
+"""
 import json
 import os
 import platform
@@ -138,6 +141,23 @@ def make_train_step(module, optimizer):
   return train_step
 
 
+def make_eval_sums(module):
+  """Jitted (params, packed batch) -> (token-weighted sum of the cross-entropy, token count):
+  summed over batches and divided, the eval loss of a whole split, as T5X weights it."""
+
+  def eval_sums(params, batch):
+    logits = module.apply({'params': params}, batch['encoder_input_tokens'],
+                          batch['decoder_input_tokens'], batch['decoder_target_tokens'],
+                          encoder_segment_ids=batch['encoder_segment_ids'],
+                          decoder_segment_ids=batch['decoder_segment_ids'],
+                          encoder_positions=batch['encoder_positions'],
+                          decoder_positions=batch['decoder_positions'], enable_dropout=False)
+    w = batch['decoder_loss_weights'].astype(jnp.float32)
+    return cross_entropy(logits, batch['decoder_target_tokens'], w) * jnp.sum(w), jnp.sum(w)
+
+  return jax.jit(eval_sums)
+
+
 def make_eval_loss(module):
   loss_fn = make_loss_fn(module)
   return lambda params, batch: loss_fn(params, batch, jax.random.PRNGKey(0))
@@ -157,10 +177,6 @@ def init_params(module, rng, batch):
       {'params': rng, 'dropout': rng}, batch['encoder_input_tokens'][:1],
       batch['decoder_input_tokens'][:1], batch['decoder_target_tokens'][:1])
   return variables['params']
-
-
-def count_params(params) -> int:
-  return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(params)))
 
 
 def compiled_stats(compiled) -> Dict[str, float]:
@@ -225,18 +241,8 @@ def compile_all(timeds: Sequence[Timed]):
     list(pool.map(lambda t: t.compile(), timeds))
 
 
-def write_csv(path, rows, columns):
-  with open(path, 'w', newline='') as f:
-    w = csv.DictWriter(f, fieldnames=columns, extrasaction='ignore')
-    w.writeheader()
-    for r in rows:
-      w.writerow({k: (f'{v:.6g}' if isinstance(v, float) else v) for k, v in r.items()})
-
-
-def read_csv(path):
-  with open(path) as f:
-    return list(csv.DictReader(f))
-
+# Measured values keep six significant digits in the CSVs.
+FLOAT_FORMAT = '.6g'
 
 
 def write_meta(out, part):

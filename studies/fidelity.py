@@ -31,11 +31,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from altup_t5x import csv_tables
 from altup_t5x import optimizers
-from studies.common import (ALL_VARIANTS, count_params, cross_entropy, init_params,
-                                         make_config_from, make_train_step, write_csv)
 from altup_t5x.config import AltUpConfig
+from altup_t5x.models import count_params
 from altup_t5x.network import Transformer
+from studies.common import (ALL_VARIANTS, FLOAT_FORMAT, init_params, make_config_from,
+                            make_eval_sums, make_train_step)
 
 # Model and run shapes. 'study' is the scale of the claims; 'quickstart' and 'quality' reproduce
 # the two earlier comparisons for the gap ablation; 'quick' is a smoke test (numbers meaningless).
@@ -267,17 +269,7 @@ def train_run(s, out, log=print) -> dict:
   optimizer = optimizers.adafactor(_schedule(s['schedule'], s['lr']))
   train_step = jax.jit(make_train_step(module, optimizer), donate_argnums=(0, 1))
 
-  def eval_sums(params, batch):
-    logits = module.apply({'params': params}, batch['encoder_input_tokens'],
-                          batch['decoder_input_tokens'], batch['decoder_target_tokens'],
-                          encoder_segment_ids=batch['encoder_segment_ids'],
-                          decoder_segment_ids=batch['decoder_segment_ids'],
-                          encoder_positions=batch['encoder_positions'],
-                          decoder_positions=batch['decoder_positions'], enable_dropout=False)
-    w = batch['decoder_loss_weights'].astype(jnp.float32)
-    return cross_entropy(logits, batch['decoder_target_tokens'], w) * jnp.sum(w), jnp.sum(w)
-
-  eval_sums = jax.jit(eval_sums)
+  eval_sums = make_eval_sums(module)
   b = sc['batch']
   n = len(train['encoder_input_tokens'])
   rs = np.random.RandomState(s['seed'])
@@ -442,7 +434,8 @@ def csv_rows(runs) -> List[dict]:
 
 def write_outputs(out):
   runs = load_runs(out)
-  write_csv(os.path.join(out, 'fidelity.csv'), csv_rows(runs), CSV_COLUMNS)
+  csv_tables.write(os.path.join(out, 'fidelity.csv'), csv_rows(runs), CSV_COLUMNS,
+                   float_format=FLOAT_FORMAT)
   try:
     plot(runs, out)
   except ImportError:

@@ -6,11 +6,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from studies.common import (VARIANTS, count_params, cross_entropy, init_params,
-                                         make_config_from, make_optimizer, make_train_step,
-                                         write_csv)
+from altup_t5x import csv_tables
 from altup_t5x.config import AltUpConfig
+from altup_t5x.models import count_params
 from altup_t5x.network import Transformer
+from studies.common import (FLOAT_FORMAT, VARIANTS, init_params, make_config_from,
+                            make_eval_sums, make_optimizer, make_train_step)
 
 # ------------------------------------------------------------------------------------------------
 # Quality: loss against steps and wall-clock on the embedded corpus.
@@ -85,17 +86,7 @@ def _quality_fns(cfg, run):
   optimizer = make_optimizer(run['learning_rate'])
   train_step = jax.jit(make_train_step(module, optimizer), donate_argnums=(0, 1))
 
-  def eval_sums(params, batch):  # token-weighted sum of the cross-entropy and the token count
-    logits = module.apply({'params': params}, batch['encoder_input_tokens'],
-                          batch['decoder_input_tokens'], batch['decoder_target_tokens'],
-                          encoder_segment_ids=batch['encoder_segment_ids'],
-                          decoder_segment_ids=batch['decoder_segment_ids'],
-                          encoder_positions=batch['encoder_positions'],
-                          decoder_positions=batch['decoder_positions'], enable_dropout=False)
-    w = batch['decoder_loss_weights'].astype(jnp.float32)
-    return cross_entropy(logits, batch['decoder_target_tokens'], w) * jnp.sum(w), jnp.sum(w)
-
-  _QUALITY_FNS[key] = (module, optimizer, train_step, jax.jit(eval_sums))
+  _QUALITY_FNS[key] = (module, optimizer, train_step, make_eval_sums(module))
   return _QUALITY_FNS[key]
 
 
@@ -242,14 +233,15 @@ def write_quality_csv(path, results):
     rows.append(dict(variant=v, description=VARIANTS[v][0], **{
         k: val for k, val in s.items() if not isinstance(val, list)},
                      finals=' '.join(f'{x:.4f}' for x in s['finals'])))
-  write_csv(path, rows, list(rows[0]))
+  csv_tables.write(path, rows, list(rows[0]), float_format=FLOAT_FORMAT)
   curve_rows = []
   for v, entry in results['variants'].items():
     for seed, curves in entry['seeds'].items():
       for kind in ('train', 'eval'):
         for step, sec, loss in curves[kind]:
           curve_rows.append(dict(variant=v, seed=seed, kind=kind, step=step, seconds=sec, loss=loss))
-  write_csv(path.replace('.csv', '_curves.csv'), curve_rows, list(curve_rows[0]))
+  csv_tables.write(path.replace('.csv', '_curves.csv'), curve_rows, list(curve_rows[0]),
+                   float_format=FLOAT_FORMAT)
 
 
 COLORS = {'baseline': 'black', 'altup_k2': 'tab:blue', 'recycled_k2': 'tab:green',

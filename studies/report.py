@@ -8,10 +8,11 @@ only through fields such as `{speed.small.altup_k4.train_ratio:.2f}` (filled in 
 here), or names the run it refers to. `tests/test_benchmarks_report.py` checks that the committed
 BENCHMARKS.md and README block are exactly what this module produces from the committed files.
 """
-import csv
 import json
 import math
 import os
+
+from altup_t5x import csv_tables
 
 
 # (name, shape, variant, column, limit, description)
@@ -39,11 +40,9 @@ def _f(x, nd=2):
   return f'{x:.{nd}f}'
 
 
-def read_csv(path):
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return list(csv.DictReader(f))
+def _table(out_dir, name):
+  """The rows of `out_dir`/`name`; none for a measurement not made yet."""
+  return csv_tables.read(os.path.join(out_dir, name), missing_ok=True)
 
 
 PROJECT_BATCH = 256  # the paper's pre-training batch size
@@ -221,8 +220,8 @@ def auto_summary(rows, t5x_rows, q):
 
 def render(out_dir, path):
   """The text of BENCHMARKS.md (to be written at `path`) from the files in `out_dir`."""
-  rows = read_csv(os.path.join(out_dir, 'speed.csv'))
-  t5x_rows = read_csv(os.path.join(out_dir, 't5x.csv'))
+  rows = _table(out_dir, 'speed.csv')
+  t5x_rows = _table(out_dir, 't5x.csv')
   qpath = os.path.join(out_dir, 'quality.json')
   q = json.load(open(qpath)) if os.path.exists(qpath) else None
   meta_path = os.path.join(out_dir, 'meta.json')
@@ -310,7 +309,7 @@ Scan is meant to be used with a remat policy, as scalable_t5 does. Per-device me
 
 def scaling_section(out_dir):
   """scan_layers / remat_policy: compile time and XLA temporaries (scripts/scaling_benchmark.py)."""
-  rows = [r for r in read_csv(os.path.join(out_dir, 'scaling.csv')) if r['part'] == 'sweep']
+  rows = [r for r in _table(out_dir, 'scaling.csv') if r['part'] == 'sweep']
   if not rows:
     return 'Not measured yet (`python scripts/scaling_benchmark.py sweep`).\n'
   by = {(r['size'], r['scan_layers'] == 'True', r['remat_policy']): r for r in rows}
@@ -337,7 +336,7 @@ def scaling_section(out_dir):
     out.append(f'| {size} | {cells[0]} | {cells[1]} |')
   # Why the ratio rises at XL: the step's temporaries include the gradients (one float32 per
   # parameter; parameter counts from the planner's benchmarks/pods.csv), which no remat removes.
-  params = {r['size']: float(r['params']) for r in read_csv(os.path.join(out_dir, 'pods.csv'))
+  params = {r['size']: float(r['params']) for r in _table(out_dir, 'pods.csv')
             if r['variant'] == 'baseline'} if os.path.exists(os.path.join(out_dir, 'pods.csv')) else {}
   notes = []
   for size in sizes:
@@ -349,7 +348,7 @@ def scaling_section(out_dir):
   if notes:
     out += ['', 'Scanned full / none without the gradients, which every policy keeps (float32, '
             'one per parameter): ' + '; '.join(notes) + '.']
-  steps = [r for r in read_csv(os.path.join(out_dir, 'scaling.csv')) if r['part'] == 'step']
+  steps = [r for r in _table(out_dir, 'scaling.csv') if r['part'] == 'step']
   if steps:
     name = lambda r: ('scanned' + (', param_scan_axis 0' if r.get('param_scan_axis') == '0' else '')
                       if r['scan_layers'] == 'True' else 'unrolled') + (
@@ -405,7 +404,7 @@ def scaling_profile_section(out_dir):
   """Where a scanned step's extra time goes on CPU (`scaling_benchmark.py profile`), one table
   per profiled process; '' when nothing was profiled."""
   from studies import xla_profile  # pylint: disable=g-import-not-at-top
-  rows = read_csv(os.path.join(out_dir, 'scaling_profile.csv'))
+  rows = _table(out_dir, 'scaling_profile.csv')
   if not rows:
     return ''
   runs = []
@@ -502,8 +501,8 @@ def render_readme(out_dir, readme_text):
   """The README with its generated results block replaced (unchanged if it has no markers)."""
   if README_BEGIN not in readme_text or README_END not in readme_text:
     return readme_text
-  rows = read_csv(os.path.join(out_dir, 'speed.csv'))
-  t5x_rows = read_csv(os.path.join(out_dir, 't5x.csv'))
+  rows = _table(out_dir, 'speed.csv')
+  t5x_rows = _table(out_dir, 't5x.csv')
   qpath = os.path.join(out_dir, 'quality.json')
   q = json.load(open(qpath)) if os.path.exists(qpath) else None
   block = '\n'.join(auto_summary(rows, t5x_rows, q).split('\n')[2:]).rstrip('\n')
@@ -647,7 +646,7 @@ def _study_speed_rows(out_dir, speed_rows):
   where it exists; the main speed benchmark's otherwise."""
   study_speed = os.path.join(out_dir, 'fidelity', 'speed', 'speed.csv')
   if os.path.exists(study_speed):
-    own = read_csv(study_speed)
+    own = csv_tables.read(study_speed, missing_ok=True)
     speed_rows = own + [r for r in speed_rows if not any(o['variant'] == r['variant'] for o in own)]
   return speed_rows
 
@@ -976,7 +975,7 @@ def fidelity_summary(out_dir):
   planned = fid.plan(runs)
   n = sum(1 for s in planned if s['name'] in runs)
   rows = [r for r in _claim_rows(runs, fid, _study_speed_rows(
-      out_dir, read_csv(os.path.join(out_dir, 'speed.csv')))) if r['n']]
+      out_dir, _table(out_dir, 'speed.csv'))) if r['n']]
   said = lambda verdict: '; '.join(
       f'({r["cid"]}) {r["v"]} vs {r["ref"]} at peak LR {r["lr"]:g}/{r["ref_lr"]:g} '
       f'{r["m"]:+.4f} +- {r["se"]:.4f} nats ({r["n"]} seeds)'

@@ -19,11 +19,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from studies.common import (ALL_VARIANTS, KINDS, QUICK_SHAPES, QUICK_VARIANTS, SPEED_SHAPES,
-                                         SPEED_VARIANTS, VARIANTS, Timed, compile_all,
-                                         count_params, init_params, make_config, make_optimizer,
-                                         make_train_step, random_batch, read_csv)
+from altup_t5x import csv_tables
+from altup_t5x.models import count_params
 from altup_t5x.network import Transformer
+from studies.common import (ALL_VARIANTS, KINDS, QUICK_SHAPES, QUICK_VARIANTS, SPEED_SHAPES,
+                            SPEED_VARIANTS, VARIANTS, Timed, compile_all, init_params, make_config,
+                            make_optimizer, make_train_step, random_batch)
 
 def build_speed_case(size_name: str, shape: dict, variant: str, seed: int = 0):
   """Compiles the train step, forward pass and cached decode step of one variant."""
@@ -187,7 +188,7 @@ def plot_speed(out):
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  rows = read_csv(path)
+  rows = csv_tables.read(path)
   shapes = list(dict.fromkeys(r['shape'] for r in rows))
   fig, axes = plt.subplots(1, len(shapes), figsize=(7 * len(shapes), 4.5), squeeze=False)
   for ax, shape in zip(axes[0], shapes):

@@ -6,10 +6,10 @@ from typing import List, Optional
 import jax
 import jax.numpy as jnp
 
-from studies.common import (QUICK_SHAPES, SPEED_SHAPES, Timed, compile_all,
-                                         count_params, init_params, make_config, make_optimizer,
-                                         make_train_step, random_batch)
+from altup_t5x.models import count_params
 from altup_t5x.network import Transformer
+from studies.common import (QUICK_SHAPES, SPEED_SHAPES, Timed, compile_all, init_params,
+                            make_config, make_optimizer, make_train_step, random_batch)
 
 T5X_SHAPES = {'tiny': SPEED_SHAPES['tiny'], 'small': SPEED_SHAPES['small']}
 

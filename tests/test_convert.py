@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import make_batch, tiny_config
 from altup_t5x import checkpoints, convert, optimizers, upcycle
 from altup_t5x.config import AltUpConfig
 from altup_t5x.network import Transformer
@@ -24,8 +25,6 @@ LEGACY = os.path.join(REPO, 'tests', 'testdata', 't5x_tiny_dense_legacy')  # the
 # configs/smoke/tiny_baseline_pretrain.gin: T5X's tiny size with the embedded vocabulary.
 T5X_TINY = dict(vocab_size=1152, emb_dim=8, num_heads=4, head_dim=3, mlp_dim=16,
                 num_encoder_layers=2, num_decoder_layers=2, dropout_rate=0.0)
-RUNNER_TINY = dict(vocab_size=40, emb_dim=16, num_heads=2, head_dim=8, mlp_dim=24,
-                   num_encoder_layers=2, num_decoder_layers=2, dropout_rate=0.0)
 
 # Every variant that can start as the dense function (gin/altup/* settings).
 SUPPORTED = {
@@ -49,14 +48,6 @@ REFUSED = {
 }
 
 
-def batch(vocab, seed=0):
-  rng = np.random.RandomState(seed)
-  enc = jnp.asarray(rng.randint(1, vocab, (2, 9)), jnp.int32).at[1, 7:].set(0)
-  tgt = jnp.asarray(rng.randint(1, vocab, (2, 6)), jnp.int32).at[1, 5:].set(0)
-  dec = jnp.concatenate([jnp.zeros((2, 1), jnp.int32), tgt[:, :-1]], 1)
-  return enc, dec, tgt
-
-
 _DENSE_LOGITS = {}
 
 
@@ -65,7 +56,7 @@ def logits(cfg, source):
   if key in _DENSE_LOGITS:
     return _DENSE_LOGITS[key]
   params = flax.traverse_util.unflatten_dict({p: source.read(p) for p in source.shapes})
-  enc, dec, tgt = batch(cfg.vocab_size)
+  enc, dec, tgt = make_batch(le=9, ld=6, vocab=cfg.vocab_size)
   run = jax.jit(lambda p: Transformer(cfg).apply({'params': p}, enc, dec, tgt,
                                                  enable_dropout=False))
   out = _DENSE_LOGITS[key] = np.asarray(run(params))
@@ -75,7 +66,7 @@ def logits(cfg, source):
 @pytest.fixture(scope='module')
 def runner_dense(tmp_path_factory):
   """A dense checkpoint written by the runner's own Checkpointer (params + optax state)."""
-  cfg = AltUpConfig(**RUNNER_TINY)
+  cfg = tiny_config()
   tokens = jnp.ones((1, 4), jnp.int32)
   params = Transformer(cfg).init(jax.random.PRNGKey(0), tokens, tokens, tokens,
                                  enable_dropout=False)['params']

@@ -10,9 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import tiny_config
 from altup_t5x import decoding
 from altup_t5x import models
-from altup_t5x.config import AltUpConfig
 from altup_t5x.network import Transformer
 
 VOCAB = 5      # ids 0 (pad/bos), 1 (eos), 2, 3, 4
@@ -21,8 +21,7 @@ EOS = 1
 
 
 def _model(altup_k=2, seed=0):
-  cfg = AltUpConfig(vocab_size=VOCAB, emb_dim=8, num_heads=2, head_dim=4, mlp_dim=16,
-                    num_encoder_layers=1, num_decoder_layers=2, dropout_rate=0.0,
+  cfg = tiny_config(vocab_size=VOCAB, emb_dim=8, head_dim=4, mlp_dim=16, num_encoder_layers=1,
                     altup_k=altup_k, altup_coef_init='normal', altup_coef_init_scale=0.3)
   model = models.EncoderDecoderModel(Transformer(cfg))
   variables = model.get_initial_variables(

@@ -1,4 +1,5 @@
 """Sequence-AltUp, sparse MoE, input-dependent coefficients and upcycling."""
+import functools
 import math
 import os
 import subprocess
@@ -11,20 +12,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import make_batch, tiny_config
 from altup_t5x import moe, sequence, upcycle
-from altup_t5x.config import AltUpConfig
 from altup_t5x.network import DynamicAltUpCoefficients, Transformer
 
-TINY = dict(vocab_size=40, emb_dim=16, num_heads=2, head_dim=8, mlp_dim=24, num_encoder_layers=2,
-            num_decoder_layers=2, dropout_rate=0.0)
-
-
-def tokens(seed=0, b=2, le=9, ld=6, vocab=40):
-  rng = np.random.RandomState(seed)
-  enc = jnp.asarray(rng.randint(1, vocab, (b, le)), jnp.int32)
-  tgt = jnp.asarray(rng.randint(1, vocab, (b, ld)), jnp.int32)
-  dec = jnp.concatenate([jnp.zeros((b, 1), jnp.int32), tgt[:, :-1]], 1)
-  return enc, dec, tgt
+tokens = functools.partial(make_batch, le=9, ld=6, pad=False)  # unpadded
 
 
 def init_apply(cfg, data, seed=0, params=None):
@@ -81,8 +73,8 @@ def test_stride_one_is_the_ordinary_layer():
                                 np.asarray(jnp.sin(x) * 2))
   # And in the network: stride 1 is the default network, bit for bit.
   data = tokens()
-  params, plain = init_apply(AltUpConfig(**TINY, altup_k=2), data)
-  _, strided = init_apply(AltUpConfig(**TINY, altup_k=2, sequence_altup_stride=1), data,
+  params, plain = init_apply(tiny_config(altup_k=2), data)
+  _, strided = init_apply(tiny_config(altup_k=2, sequence_altup_stride=1), data,
                           params=params)
   np.testing.assert_array_equal(plain, strided)
 
@@ -111,7 +103,7 @@ def test_causal_stack_never_looks_ahead():
 
 
 def test_encoder_with_stride_2_runs_layers_on_half_the_positions():
-  cfg = AltUpConfig(**TINY, altup_k=2, sequence_altup_stride=2)
+  cfg = tiny_config(altup_k=2, sequence_altup_stride=2)
   data = tokens()
   params, logits = init_apply(cfg, data)
   assert logits.shape == (2, 6, 40) and np.all(np.isfinite(logits))
@@ -228,7 +220,7 @@ def test_moe_layer_output_matches_numpy():
 
 
 def test_moe_aux_losses_enter_with_their_factors():
-  cfg = AltUpConfig(**TINY, altup_k=2, moe_num_experts=4, moe_every=1)
+  cfg = tiny_config(altup_k=2, moe_num_experts=4, moe_every=1)
   data = tokens()
   module = Transformer(cfg)
   params = module.init(jax.random.PRNGKey(0), *data, enable_dropout=False)['params']
@@ -298,7 +290,7 @@ def test_expert_parallel_loss_equals_single_device():
 
 # ---------------------------------------------------------------- dynamic coefficients
 def test_dynamic_coefficients_match_numpy():
-  cfg = AltUpConfig(**TINY, altup_k=3, altup_coefficients='dynamic', altup_coef_init='normal',
+  cfg = tiny_config(altup_k=3, altup_coefficients='dynamic', altup_coef_init='normal',
                     altup_coef_init_scale=0.5, altup_coef_clip=0.6)
   x = jnp.asarray(np.random.RandomState(6).randn(2, 4, 16), jnp.float32)
   module = DynamicAltUpCoefficients(cfg)
@@ -327,8 +319,8 @@ def test_dynamic_coefficients_match_numpy():
 @pytest.mark.parametrize('selection', ['alternating', 'same'])
 def test_dynamic_identity_init_is_function_preserving(selection):
   data = tokens(seed=2)
-  base_params, base = init_apply(AltUpConfig(**TINY), data)
-  cfg = AltUpConfig(**TINY, altup_k=2, altup_embedding='recycled', altup_coefficients='dynamic',
+  base_params, base = init_apply(tiny_config(), data)
+  cfg = tiny_config(altup_k=2, altup_embedding='recycled', altup_coefficients='dynamic',
                     altup_selection=selection)
   params = upcycle.upcycle_params(base_params, cfg)
   assert params['encoder']['altup_0']['router'].shape == (16, 2)
@@ -344,16 +336,16 @@ def test_dynamic_identity_init_is_function_preserving(selection):
 ])
 def test_upcycled_params_give_the_dense_logits(overrides):
   data = tokens(seed=3)
-  dense_params, dense_logits = init_apply(AltUpConfig(**TINY), data)
-  cfg = AltUpConfig(**TINY, **overrides)
+  dense_params, dense_logits = init_apply(tiny_config(), data)
+  cfg = tiny_config(**overrides)
   params = upcycle.upcycle_params(dense_params, cfg)
   _, logits = init_apply(cfg, data, params=params)
   np.testing.assert_allclose(logits, dense_logits, rtol=1e-5, atol=1e-5)
 
 
 def test_upcycling_rejects_mismatched_checkpoints():
-  dense_params, _ = init_apply(AltUpConfig(**TINY), tokens())
+  dense_params, _ = init_apply(tiny_config(), tokens())
   with pytest.raises(upcycle.UpcycleError, match='mlp.*shape'):
-    upcycle.upcycle_params(dense_params, AltUpConfig(**{**TINY, 'mlp_dim': 32}, altup_k=2))
+    upcycle.upcycle_params(dense_params, tiny_config(mlp_dim=32, altup_k=2))
   with pytest.raises(upcycle.UpcycleError, match="altup_coef_init='normal'.*altup_coef_init='identity'"):
-    upcycle.upcycle_params(dense_params, AltUpConfig(**TINY, altup_k=2, altup_coef_init='normal'))
+    upcycle.upcycle_params(dense_params, tiny_config(altup_k=2, altup_coef_init='normal'))

@@ -1,4 +1,5 @@
 """The AltUp T5.1.1 network: references, degenerate cases, decoding, shapes, training signal."""
+import functools
 import json
 import os
 
@@ -10,34 +11,18 @@ import numpy as np
 import optax
 import pytest
 
+from conftest import make_batch, tiny_config
 import numpy_reference
 from altup_t5x import SIZES, AltUpConfig, ConfigError
 from altup_t5x.network import Transformer
 
 TESTDATA = os.path.join(os.path.dirname(__file__), 'testdata')
-TINY = dict(vocab_size=40, emb_dim=16, num_heads=2, head_dim=8, mlp_dim=24, num_encoder_layers=2,
-            num_decoder_layers=3, dropout_rate=0.0)
-
-
-def make_config(**overrides):
-  kwargs = dict(TINY)
-  kwargs.update(overrides)
-  return AltUpConfig(**kwargs)
-
-
-def batch(seed=0, b=2, le=7, ld=5, vocab=40, pad=True):
-  rng = np.random.RandomState(seed)
-  enc = rng.randint(1, vocab, (b, le)).astype(np.int32)
-  targets = rng.randint(1, vocab, (b, ld)).astype(np.int32)
-  if pad:  # The second example is shorter: exercises the padding masks.
-    enc[1, le - 2:] = 0
-    targets[1, ld - 1:] = 0
-  dec_in = np.concatenate([np.zeros((b, 1), np.int32), targets[:, :-1]], axis=1)
-  return jnp.asarray(enc), jnp.asarray(dec_in), jnp.asarray(targets)
+# Three decoder layers: the decoder's block selection differs from the encoder's two.
+make_config = functools.partial(tiny_config, num_decoder_layers=3)
 
 
 def init(cfg, seed=0, data=None):
-  enc, dec_in, targets = data if data is not None else batch()
+  enc, dec_in, targets = data if data is not None else make_batch()
   variables = Transformer(cfg).init(jax.random.PRNGKey(seed), enc, dec_in, targets,
                                     enable_dropout=False)
   return flax.core.unfreeze(variables['params']), variables
@@ -67,7 +52,7 @@ def valid(targets):
 # (a) against the independent NumPy implementation.
 def test_k1_matches_numpy_t5_1_1():
   cfg = make_config(altup_k=1)
-  data = batch()
+  data = make_batch()
   params, _ = init(cfg, data=data)
   got = logits_of(cfg, params, data)
   want = numpy_reference.forward(jax.device_get(params), cfg, *data)
@@ -85,7 +70,7 @@ def test_k1_matches_numpy_t5_1_1():
 def test_altup_matches_numpy(k, selection, layer_input, embedding, reduction):
   cfg = make_config(altup_k=k, altup_selection=selection, altup_layer_input=layer_input,
                     altup_embedding=embedding, altup_reduction=reduction)
-  data = batch(seed=k)
+  data = make_batch(seed=k)
   params, _ = init(cfg, seed=k, data=data)
   params = randomize_coefficients(params, seed=k)
   if reduction == 'projection':
@@ -106,7 +91,7 @@ def test_k1_is_exactly_the_plain_network():
   assert not [n for n in names if 'altup' in n]
   assert set(variables) == {'params', 'params_axes'}
   # K=1 with any AltUp setting is the same network.
-  data = batch()
+  data = make_batch()
   for other in (dict(altup_selection='same'), dict(altup_embedding='recycled'),
                 dict(altup_reduction='sum'), dict(altup_layer_input='predicted')):
     np.testing.assert_array_equal(logits_of(make_config(altup_k=1, **other), params, data),
@@ -117,7 +102,7 @@ def test_k1_is_exactly_the_plain_network():
 @pytest.mark.parametrize('selection', ['alternating', 'same'])
 def test_recycled_identity_init_is_function_preserving(k, selection):
   base_cfg = make_config(altup_k=1)
-  data = batch(seed=3)
+  data = make_batch(seed=3)
   base_params, _ = init(base_cfg, data=data)
   cfg = make_config(altup_k=k, altup_embedding='recycled', altup_selection=selection)
   params, _ = init(cfg, seed=1, data=data)
@@ -139,7 +124,8 @@ def test_recycled_identity_init_is_function_preserving(k, selection):
 
 def test_packed_segments_equal_separate_examples():
   cfg = make_config(altup_k=2)
-  a, b = batch(seed=5, b=1, le=4, ld=3, pad=False), batch(seed=6, b=1, le=3, ld=4, pad=False)
+  a = make_batch(seed=5, b=1, le=4, ld=3, pad=False)
+  b = make_batch(seed=6, b=1, le=3, ld=4, pad=False)
   params, _ = init(cfg, data=a)
   module = Transformer(cfg)
   cat = lambda i: jnp.concatenate([a[i], b[i]], axis=1)
@@ -178,7 +164,7 @@ def decode_step_by_step(cfg, params, enc, tokens):
 @pytest.mark.parametrize('selection', ['alternating', 'same'])
 def test_cached_decode_equals_full_forward(k, selection):
   cfg = make_config(altup_k=k, altup_selection=selection)
-  enc, dec_in, targets = batch(seed=7, pad=False)
+  enc, dec_in, targets = make_batch(seed=7, pad=False)
   params, _ = init(cfg, data=(enc, dec_in, targets))
   params = randomize_coefficients(params, seed=k)
   full = logits_of(cfg, params, (enc, dec_in, targets))
@@ -189,7 +175,7 @@ def test_cached_decode_equals_full_forward(k, selection):
 @pytest.mark.parametrize('k', [1, 2])
 def test_greedy_decoding_with_cache_equals_recomputation(k):
   cfg = make_config(altup_k=k)
-  enc, _, _ = batch(seed=8, pad=False)
+  enc, _, _ = make_batch(seed=8, pad=False)
   params, _ = init(cfg)
   params = randomize_coefficients(params, seed=k)
   module = Transformer(cfg)
@@ -224,7 +210,7 @@ def test_greedy_decoding_with_cache_equals_recomputation(k):
 
 def test_cached_decode_without_max_decode_length_fails_clearly():
   cfg = make_config(altup_k=2)
-  enc, dec_in, _ = batch(pad=False)
+  enc, dec_in, _ = make_batch(pad=False)
   params, _ = init(cfg)
   module = Transformer(cfg)
   _, cache = module.apply({'params': params}, encoder_input_tokens=enc, decoder_input_tokens=dec_in,
@@ -274,7 +260,7 @@ def shapes_and_axes(variables):
 def test_golden_param_shapes_and_axes(name, overrides):
   cfg = make_config(**overrides)
   variables = jax.eval_shape(
-      lambda: Transformer(cfg).init(jax.random.PRNGKey(0), *batch(), enable_dropout=False))
+      lambda: Transformer(cfg).init(jax.random.PRNGKey(0), *make_batch(), enable_dropout=False))
   got = shapes_and_axes(variables)
   path = os.path.join(TESTDATA, f'params_{name}.json')
   if os.environ.get('ALTUP_UPDATE_GOLDEN'):
@@ -313,7 +299,7 @@ def test_known_t5_1_1_parameter_counts():
 # Training signal.
 def test_gradients_reach_altup_coefficients():
   cfg = make_config(altup_k=2)
-  data = batch()
+  data = make_batch()
   params, _ = init(cfg, data=data)
   params = randomize_coefficients(params, seed=2)
 
@@ -331,7 +317,7 @@ def test_gradients_reach_altup_coefficients():
 
 def test_dropout_is_active_only_when_enabled():
   cfg = make_config(altup_k=2, dropout_rate=0.3)
-  data = batch()
+  data = make_batch()
   params, _ = init(cfg, data=data)
   module = Transformer(cfg)
   det = module.apply({'params': params}, *data, enable_dropout=False)
@@ -345,8 +331,7 @@ def test_dropout_is_active_only_when_enabled():
 
 def test_toy_copy_task_loss_falls_for_k2():
   vocab, length = 12, 6
-  cfg = AltUpConfig(vocab_size=vocab, emb_dim=32, num_heads=2, head_dim=16, mlp_dim=64,
-                    num_encoder_layers=2, num_decoder_layers=2, dropout_rate=0.0, altup_k=2)
+  cfg = tiny_config(vocab_size=vocab, emb_dim=32, head_dim=16, mlp_dim=64, altup_k=2)
   module = Transformer(cfg)
   rng = np.random.RandomState(0)
 
@@ -416,7 +401,7 @@ def test_unknown_size_is_rejected():
 
 def test_recycled_allows_tied_logits():
   cfg = make_config(altup_k=2, altup_embedding='recycled', logits_via_embedding=True)
-  data = batch()
+  data = make_batch()
   params, _ = init(cfg, data=data)
   assert 'logits_dense' not in params['decoder']
   got = logits_of(cfg, params, data)

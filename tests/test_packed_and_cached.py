@@ -6,6 +6,7 @@
 - cached greedy decoding equals the argmax of the teacher-forced pass, token by token, for every
   MoE setting (with our decoder, and with T5X's `predict_batch` where T5X is importable).
 """
+import functools
 import types
 
 import jax
@@ -13,12 +14,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import tiny_config
 from altup_t5x import models, moe
-from altup_t5x.config import AltUpConfig, ConfigError
+from altup_t5x.config import ConfigError
 from altup_t5x.network import Transformer
 
-TINY = dict(vocab_size=40, emb_dim=16, num_heads=2, head_dim=8, mlp_dim=24, num_encoder_layers=3,
-            num_decoder_layers=2, dropout_rate=0.0)
+make_config = functools.partial(tiny_config, num_encoder_layers=3)  # TINY, 3 encoder layers
 BIG_CAPACITY = dict(moe_capacity_factor=100.0)  # no token is ever dropped
 ENCODER_SETTINGS = {
     'dense': {},
@@ -74,7 +75,7 @@ def _encoder(cfg):
                  else pytest.mark.slow) for n in sorted(ENCODER_SETTINGS)])
 def test_packed_row_equals_each_example_alone(name):
   examples, tokens, segments, positions, alone = _packed_row()
-  encode = _encoder(AltUpConfig(**TINY, **ENCODER_SETTINGS[name]))
+  encode = _encoder(make_config(**ENCODER_SETTINGS[name]))
   packed = np.asarray(encode(tokens, segments, positions))
   # T5X's `encode` gets no positions: derived from the segment ids, they are the same.
   np.testing.assert_array_equal(np.asarray(encode(tokens, segments)), packed)
@@ -92,7 +93,7 @@ def test_sequence_altup_never_mixes_segments_even_over_capacity(stride, mode):
   """With an anchor capacity too small for the row (max_segments=1, five short segments), some
   anchors are dropped, but no segment's output ever depends on another segment's tokens."""
   _, tokens, segments, positions, _ = _packed_row()
-  encode = _encoder(AltUpConfig(**TINY, altup_k=2, sequence_altup_stride=stride,
+  encode = _encoder(make_config(altup_k=2, sequence_altup_stride=stride,
                                 sequence_altup_mode=mode, sequence_altup_max_segments=1))
   base = np.asarray(encode(tokens, segments, positions))
   for seg in range(1, len(SEGMENT_LENGTHS) + 1):
@@ -131,7 +132,7 @@ NO_EOS = types.SimpleNamespace(eos_id=99, vocab_size=6)  # never ends early: eve
 
 
 def _full_model(settings, seed=0):
-  cfg = AltUpConfig(**dict(TINY, vocab_size=6), **settings)
+  cfg = make_config(vocab_size=6, **settings)
   model = models.EncoderDecoderModel(Transformer(cfg), NO_EOS, NO_EOS)
   variables = model.get_initial_variables(
       jax.random.PRNGKey(seed),
@@ -172,11 +173,10 @@ def test_decoder_is_causal(name):
 def test_expert_choice_in_the_decoder_is_refused():
   for settings in (dict(moe_routing='expert_choice'), dict(moe_decoder_routing='expert_choice')):
     with pytest.raises(ConfigError, match=r'decoder.*not causal.*moe_decoder_routing=.top_k.'):
-      AltUpConfig(**TINY, moe_num_experts=4, **settings)
+      make_config(moe_num_experts=4, **settings)
   # Encoder-only expert choice, or a decoder without MoE layers, is fine.
-  AltUpConfig(**TINY, moe_num_experts=4, moe_routing='expert_choice', moe_decoder_routing='top_k')
-  AltUpConfig(**dict(TINY, num_decoder_layers=1), moe_num_experts=4, moe_every=2,
-              moe_routing='expert_choice')
+  make_config(moe_num_experts=4, moe_routing='expert_choice', moe_decoder_routing='top_k')
+  make_config(num_decoder_layers=1, moe_num_experts=4, moe_every=2, moe_routing='expert_choice')
 
 
 def _greedy_reference(model, params):

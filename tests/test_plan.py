@@ -18,6 +18,7 @@ import jax
 import numpy as np
 import pytest
 
+from altup_t5x import csv_tables
 from altup_t5x import plan
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -206,7 +207,7 @@ def test_bad_topology_cli_errors_before_compiling():
 
 
 def test_pods_md_is_generated_from_the_csv():
-  rows = plan.read_csv(os.path.join(REPO, 'benchmarks', 'pods.csv'))
+  rows = csv_tables.read(os.path.join(REPO, 'benchmarks', 'pods.csv'))
   with open(os.path.join(REPO, 'PODS.md')) as f:
     assert f.read() == plan.render_pods_md(rows), (
         'PODS.md is stale: run `python -m altup_t5x.plan --pods-md`')
@@ -258,17 +259,3 @@ def test_t5x_backend_bytes_equal_independent_count(analytic, monkeypatch):
     assert r['optimizer_bytes_per_device'] == ob + 4, m  # + the step
     if not analytic:
       assert r['temp_bytes_per_device'] > 0 and r['flops_per_step'] > 0
-
-
-def test_readme_planning_numbers_come_from_pods_csv():
-  """The README's per-device figures for the XL/XXL configs are peaks of benchmarks/pods.csv rows."""
-  with open(os.path.join(REPO, 'README.md')) as f:
-    readme = f.read()
-  start = readme.index('Before renting a slice')
-  paragraph = readme[start:readme.index('\n\n', start)]
-  cited = re.findall(r'(\d+\.\d) GiB', paragraph)
-  rows = plan.read_csv(os.path.join(REPO, 'benchmarks', 'pods.csv'))
-  peaks = {f'{int(r["peak_bytes_per_device"]) / plan.GiB:.1f}' for r in rows
-           if r['peak_bytes_per_device']}
-  assert len(cited) >= 4, paragraph
-  assert set(cited) <= peaks, sorted(set(cited) - peaks)

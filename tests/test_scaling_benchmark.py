@@ -3,6 +3,8 @@ import csv
 import importlib.util
 import os
 
+from altup_t5x import csv_tables
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -116,7 +118,7 @@ def test_report_numbers_step_runs_by_process_and_names_the_malloc(tmp_path):
   rows = [sweep, _step_row(sb, 'p1', False, '', 2000.0), _step_row(sb, 'p1', True, '', 2500.0),
           _step_row(sb, 'p2', False, 'jemalloc retain:true', 1000.0),
           _step_row(sb, 'p2', True, 'jemalloc retain:true', 1100.0, axis=0)]
-  sb.append_csv(str(tmp_path / 'scaling.csv'), rows)
+  csv_tables.update(str(tmp_path / 'scaling.csv'), rows, sb.COLUMNS)
   text = report.scaling_section(str(tmp_path))
   assert '| 1 | baseline | 8 x 512/114 | scanned | 2500.0 | 2500.0-2500.0 | 1.250x |' in text
   assert ('| 2 | baseline | 8 x 512/114 | unrolled, jemalloc (retain) | 1000.0 | 1000.0-1000.0 '
@@ -136,7 +138,7 @@ def test_report_profile_table_sums_categories_per_case(tmp_path):
                core_ms=70.0, ops=4),
           dict(base, case='scanned', step_ms=120.0, minor_faults=7,
                category='stack write (dynamic-update-slice)', core_ms=30.0, ops=8)]
-  sb.append_csv(str(tmp_path / 'scaling_profile.csv'), rows, sb.PROFILE_COLUMNS)
+  csv_tables.update(str(tmp_path / 'scaling_profile.csv'), rows, sb.PROFILE_COLUMNS)
   text = report.scaling_profile_section(str(tmp_path))
   assert '| matmul | 80.0 | 70.0 | -10.0 |' in text
   assert '| stack write (dynamic-update-slice) | 0.0 | 30.0 | +30.0 |' in text

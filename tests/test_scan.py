@@ -1,5 +1,6 @@
 """Scaling options: scanned == unrolled stacks, remat == no remat, one-hot == gather lookup,
 cached decoding with scanned layers, and the scanned <-> unrolled checkpoint converter."""
+import functools
 import os
 
 import flax
@@ -8,25 +9,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import make_batch, tiny_config
 from altup_t5x import models
 from altup_t5x import moe
 from altup_t5x import scan_convert
 from altup_t5x.config import AltUpConfig, ConfigError
 from altup_t5x.network import Transformer
 
-TINY = dict(vocab_size=32, emb_dim=8, num_heads=2, head_dim=4, mlp_dim=12, num_encoder_layers=4,
-            num_decoder_layers=4, dropout_rate=0.0, altup_coef_init='normal',
-            altup_coef_init_scale=0.3)
-
-
-def _data(seed=0, b=2, le=8, ld=5):
-  rng = np.random.RandomState(seed)
-  enc = rng.randint(2, 32, (b, le)).astype(np.int32)
-  enc[1, -2:] = 0
-  targets = rng.randint(2, 32, (b, ld)).astype(np.int32)
-  targets[1, -1] = 0
-  dec_in = np.pad(targets[:, :-1], ((0, 0), (1, 0)))
-  return jnp.asarray(enc), jnp.asarray(dec_in), jnp.asarray(targets)
+# Four layers per stack and random (not identity) AltUp coefficients.
+make_config = functools.partial(
+    tiny_config, vocab_size=32, emb_dim=8, head_dim=4, mlp_dim=12, num_encoder_layers=4,
+    num_decoder_layers=4, altup_coef_init='normal', altup_coef_init_scale=0.3)
+_data = functools.partial(make_batch, le=8, vocab=32, low=2)
 
 
 def _loss_and_grads(cfg, params, data):
@@ -67,7 +61,7 @@ SETTINGS = {
 
 @pytest.mark.parametrize('name', sorted(SETTINGS))
 def test_scan_equals_unrolled(name):
-  unrolled_cfg = AltUpConfig(**dict(TINY, **SETTINGS[name]))
+  unrolled_cfg = make_config(**SETTINGS[name])
   scanned_cfg = unrolled_cfg.replace(scan_layers=True)
   data = _data()
   params = _unrolled_params(unrolled_cfg, data)
@@ -95,7 +89,7 @@ def test_scan_equals_unrolled(name):
 
 @pytest.mark.parametrize('scan', [False, True])
 def test_remat_policies_equal_no_remat(scan):
-  base = AltUpConfig(**dict(TINY, altup_k=2, scan_layers=scan))
+  base = make_config(altup_k=2, scan_layers=scan)
   data = _data(1)
   params = _unrolled_params(base, data)
   loss0, _, grads0 = _loss_and_grads(base, params, data)
@@ -108,7 +102,7 @@ def test_remat_policies_equal_no_remat(scan):
 
 
 def test_one_hot_embedding_equals_gather():
-  cfg = AltUpConfig(**dict(TINY, altup_k=2))
+  cfg = make_config(altup_k=2)
   data = _data(2)
   params = _unrolled_params(cfg, data)
   loss0, logits0, grads0 = _loss_and_grads(cfg, params, data)
@@ -119,8 +113,8 @@ def test_one_hot_embedding_equals_gather():
 
 @pytest.mark.parametrize('remat', ['none', 'minimal'])  # the XXL configs decode scanned + minimal
 def test_scanned_cached_decode_equals_full_forward(remat):
-  cfg = AltUpConfig(**dict(TINY, altup_k=2, scan_layers=True, num_encoder_layers=2,
-                           num_decoder_layers=2, remat_policy=remat))
+  cfg = make_config(altup_k=2, scan_layers=True, num_encoder_layers=2, num_decoder_layers=2,
+                    remat_policy=remat)
   model = models.EncoderDecoderModel(Transformer(cfg), decode_fn='greedy')
   length = 4
   enc = jnp.asarray(np.array([[3, 4, 5, 6, 1], [7, 8, 9, 1, 0]], np.int32))
@@ -177,8 +171,8 @@ def _random_tree(seed, cfg):
 
 @pytest.mark.parametrize('axis', [0, 1])
 def test_converter_round_trips_exactly(axis):
-  cfg = AltUpConfig(**dict(TINY, altup_k=2, sequence_altup_stride=2, moe_num_experts=2,
-                           moe_every=4, num_encoder_layers=8, num_decoder_layers=8))
+  cfg = make_config(altup_k=2, sequence_altup_stride=2, moe_num_experts=2, moe_every=4,
+                    num_encoder_layers=8, num_decoder_layers=8)
   unrolled = _random_tree(0, cfg)
   scanned = scan_convert.to_scanned(unrolled, cfg.layer_period(True), cfg.layer_period(False),
                                     axis)
@@ -196,7 +190,7 @@ def test_converter_round_trips_exactly(axis):
 
 def test_converter_cli_on_runner_checkpoint(tmp_path):
   import orbax.checkpoint as ocp
-  cfg = AltUpConfig(**dict(TINY, altup_k=2))
+  cfg = make_config(altup_k=2)
   unrolled = _random_tree(1, cfg)
   src = tmp_path / 'model' / 'checkpoints'
   manager = ocp.CheckpointManager(str(src), options=ocp.CheckpointManagerOptions(create=True))
@@ -239,13 +233,13 @@ def test_converter_cli_on_t5x_checkpoint(tmp_path):
 
 def test_bad_scaling_settings_are_one_clear_error():
   with pytest.raises(ConfigError, match=r"remat_policy='some'.*'none', 'minimal', 'full'"):
-    AltUpConfig(**dict(TINY, remat_policy='some'))
+    make_config(remat_policy='some')
   with pytest.raises(ConfigError, match='param_scan_axis=2.*0, 1'):
-    AltUpConfig(**dict(TINY, param_scan_axis=2))
+    make_config(param_scan_axis=2)
   with pytest.raises(ConfigError, match='scan_layers=1 must be True or False'):
-    AltUpConfig(**dict(TINY, scan_layers=1))
+    make_config(scan_layers=1)
   with pytest.raises(ConfigError, match='groups of 4 layers.*num_encoder_layers=6'):
-    AltUpConfig(**dict(TINY, altup_k=4, scan_layers=True, num_encoder_layers=6))
-  assert AltUpConfig(**dict(TINY, altup_k=2, moe_num_experts=2, moe_every=3)).layer_period() == 6
-  assert AltUpConfig(**dict(TINY, altup_k=2, altup_selection='same')).layer_period() == 1
-  assert AltUpConfig(**dict(TINY, altup_k=2, sequence_altup_stride=3)).layer_period(False) == 2
+    make_config(altup_k=4, scan_layers=True, num_encoder_layers=6)
+  assert make_config(altup_k=2, moe_num_experts=2, moe_every=3).layer_period() == 6
+  assert make_config(altup_k=2, altup_selection='same').layer_period() == 1
+  assert make_config(altup_k=2, sequence_altup_stride=3).layer_period(False) == 2

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from altup_t5x import AltUpConfig
+from conftest import make_batch, tiny_config
 from altup_t5x.network import Transformer
 
 t5x_network = pytest.importorskip('t5x.examples.t5.network',
@@ -16,14 +16,11 @@ SIZES = dict(emb_dim=16, num_heads=2, head_dim=8, mlp_dim=24, num_encoder_layers
 
 
 def test_k1_equals_t5x_t5_1_1_network():
-  ours = Transformer(AltUpConfig(vocab_size=40, dropout_rate=0.0, **SIZES))
+  ours = Transformer(tiny_config(**SIZES))
   theirs = t5x_network.Transformer(t5x_network.T5Config(
       vocab_size=40, dtype=jnp.float32, mlp_activations=('gelu', 'linear'), dropout_rate=0.0,
       logits_via_embedding=False, **SIZES))
-  rng = np.random.RandomState(0)
-  enc = jnp.asarray(rng.randint(1, 40, (2, 7)), jnp.int32).at[1, 5:].set(0)
-  tgt = jnp.asarray(rng.randint(1, 40, (2, 5)), jnp.int32).at[1, 4:].set(0)
-  dec = jnp.concatenate([jnp.zeros((2, 1), jnp.int32), tgt[:, :-1]], 1)
+  enc, dec, tgt = make_batch()
   our_vars = ours.init(jax.random.PRNGKey(0), enc, dec, tgt, enable_dropout=False)
   their_vars = theirs.init(jax.random.PRNGKey(1), enc, dec, tgt, enable_dropout=False)
   shapes = lambda v: {k: x.shape for k, x in flax.traverse_util.flatten_dict(
@@ -71,14 +68,11 @@ def _to_scalable_t5(params, num_heads, head_dim):
 @pytest.mark.t5x
 def test_scanned_k1_equals_t5x_scalable_t5_network():
   scalable = pytest.importorskip('t5x.examples.scalable_t5.network')
-  ours = Transformer(AltUpConfig(vocab_size=40, dropout_rate=0.0, scan_layers=True, **SIZES))
+  ours = Transformer(tiny_config(scan_layers=True, **SIZES))
   theirs = scalable.Transformer(scalable.T5Config(
       vocab_size=40, dtype=jnp.float32, mlp_activations=('gelu', 'linear'), dropout_rate=0.0,
       logits_via_embedding=False, scan_layers=True, param_scan_axis=1, **SIZES))
-  rng = np.random.RandomState(0)
-  enc = jnp.asarray(rng.randint(1, 40, (2, 7)), jnp.int32).at[1, 5:].set(0)
-  tgt = jnp.asarray(rng.randint(1, 40, (2, 5)), jnp.int32).at[1, 4:].set(0)
-  dec = jnp.concatenate([jnp.zeros((2, 1), jnp.int32), tgt[:, :-1]], 1)
+  enc, dec, tgt = make_batch()
   our_vars = ours.init(jax.random.PRNGKey(0), enc, dec, tgt, enable_dropout=False)
   their_vars = theirs.init(jax.random.PRNGKey(1), enc, dec, tgt, enable_dropout=False)
   mapped = _to_scalable_t5(our_vars['params'], SIZES['num_heads'], SIZES['head_dim'])
