@@ -95,17 +95,6 @@ def altup_step(x, p, g, block: int, layer_fn, layer_input: str = 'input'):
   return correct(xhat, out, g, block).astype(x.dtype)
 
 
-def mix(x, p):
-  """sum_j p[i, j] x^j in float32 as a broadcast multiply-add ([..., k, d], [..(.), k, k]).
-
-  Written without a dot so that XLA fuses it with the elementwise work around it (a K x K
-  contraction is far too small for a matmul unit).
-  """
-  x = x.astype(jnp.float32)
-  p = p.astype(jnp.float32)
-  return jnp.sum(p[..., :, :, None] * x[..., None, :, :], axis=-2)
-
-
 def corrected_block(z, g, delta, block: int):
   """y^{j} of a stream with its correction deferred: z^{j} + g[j] delta, [..., d] (float32)."""
   return z[..., block, :].astype(jnp.float32) + g.astype(jnp.float32)[..., block, None] * delta
@@ -125,7 +114,9 @@ def predict_deferred(z, g, delta, p):
   g = g.astype(jnp.float32)
   p = p.astype(jnp.float32)
   pg = jnp.sum(p * g[..., None, :], axis=-1)  # [.., k]
-  return mix(z, p) + pg[..., :, None] * delta.astype(jnp.float32)[..., None, :]
+  # P z as a dot: written as a broadcast multiply-add, XLA:CPU builds the [..., k, k, d] product in
+  # the backward pass (K=4, fwd + bwd of 4 layers' updates at 8 x 512 x 512: 630 ms vs 371 ms).
+  return predict(z, p) + pg[..., :, None] * delta.astype(jnp.float32)[..., None, :]
 
 
 def apply_correction(z, g, delta):
