@@ -3,7 +3,8 @@
 The wrapper owns everything that is not the network: the loss (cross-entropy with z-loss, label
 smoothing and a loss normalizing factor), evaluation metrics, decoding with the network's cache
 (greedy and beam search, `altup_t5x.decoding`) and scoring. It works with any module that has
-T5X's encoder-decoder network interface (`__call__`, `encode`, `decode`; ALTUP.md section 5).
+T5X's encoder-decoder network interface (`__call__`, `encode`, `decode`, as
+`t5x.examples.t5.network.Transformer` has them).
 
     model = EncoderDecoderModel(Transformer(config=cfg), vocab, vocab, z_loss=1e-4)
     variables = model.get_initial_variables(rng, {'encoder_input_tokens': (2, 16),

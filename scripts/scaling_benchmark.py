@@ -1,4 +1,4 @@
-"""Benchmarks of the scaling options (issue 9): scan_layers, remat_policy, one_hot_embedding.
+"""Benchmarks of the scaling options: scan_layers, remat_policy, one_hot_embedding.
 
     nice -n 19 python scripts/scaling_benchmark.py compile --sizes base large xl   # compile time
     nice -n 19 python scripts/scaling_benchmark.py memory --sizes base large       # XLA temporaries

@@ -42,7 +42,7 @@ from studies.common import (ALL_VARIANTS, FLOAT_FORMAT, init_params, make_config
 # Model and run shapes. 'study' is the scale of the claims; 'quickstart' and 'quality' reproduce
 # the two earlier comparisons for the gap ablation; 'quick' is a smoke test (numbers meaningless).
 SCALES = {
-    # Chosen to fit the issue's budget (the whole study <= 2 h on 2 CPU cores; measured single-core
+    # Chosen to fit a budget of 2 h for the whole study on 2 CPU cores (measured single-core
     # step times, d=64: baseline 0.22 s, K=2 0.25 s, K=4 0.29 s, dense 2d 0.48 s at batch 32, so
     # 37 runs of 1500 steps at batch 32 would take ~2.5 h): 4+4 layers so that K=4 alternation
     # reaches every block in each stack; batch 16 x 64/16.
@@ -53,7 +53,8 @@ SCALES = {
     'study_long': dict(model=dict(emb_dim=64, num_heads=4, head_dim=16, mlp_dim=128,
                                   num_encoder_layers=4, num_decoder_layers=4),
                        batch=8, inputs=256, targets=16, eval_examples=128, eval_every=100),
-    # The issue's suggested starting scale, a flag away on an accelerator (`--scale study_d128`).
+    # Twice the width, batch and lengths of 'study', a flag away on an accelerator
+    # (`--scale study_d128`).
     'study_d128': dict(model=dict(emb_dim=128, num_heads=4, head_dim=32, mlp_dim=256,
                                   num_encoder_layers=4, num_decoder_layers=4),
                        batch=32, inputs=128, targets=32, eval_examples=256, eval_every=100),
@@ -111,7 +112,7 @@ ABLATION_SEEDS = 2
 
 
 # The scale each role of the plan runs at: 'study' (claims a-d, f, g) and 'study_long' (claim e).
-# `use_scale('study_d128')` moves the whole study to the issue's starting scale (for accelerators);
+# `use_scale('study_d128')` moves the whole study to that larger scale (for accelerators);
 # run names carry the scale, so the two studies' caches never mix.
 STUDY = {'study': 'study', 'study_long': 'study_long'}
 
@@ -169,7 +170,7 @@ def lr_family(variant) -> str:
 def claim_pairs(runs, cid, quick=False) -> List[tuple]:
   """(variant LR, reference LR) pairs of a claim: each at the best LR of its family (`lr_family`,
   from the 300-step sweep), then both at the baseline's best LR. For (a)-(c) the second pair is
-  part of the claim (the issue asks for it); for (d)-(g) it is the `lr_check` part: the 300-step
+  part of the claim (one shared LR); for (d)-(g) it is the `lr_check` part: the 300-step
   sweep's AltUp optimum turned out worse than the baseline's at 1500 steps, so every claim is
   also shown at the LR that worked there (`LR_CHECK_PART`)."""
   lr_of = lambda v: (DEFAULT_LR if quick else (best_lr(runs, lr_family(v)) or DEFAULT_LR))

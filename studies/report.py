@@ -214,7 +214,7 @@ def auto_summary(rows, t5x_rows, q):
                  f'{len(q["seeds"])} seeds, validation loss): baseline '
                  f'{base["final_eval_loss"]:.3f} +- {base["final_eval_loss_std"]:.3f}, '
                  + ', '.join(parts) + '.')
-  lines.append('- No GPU/TPU numbers yet (no device in this session).')
+  lines.append('- No GPU/TPU numbers yet: every number is float32 on CPU.')
   return '\n'.join(lines) + '\n'
 
 
@@ -249,8 +249,8 @@ the docstrings of `studies/`. Raw numbers: `{rel}/speed.csv`, `{rel}/t5x.csv`, `
 `{rel}/quality_curves.csv`.
 
 Measured: {measured or 'n/a'}.
-**No GPU or TPU was available**: every number here is float32 on CPU. The GPU bfloat16 small/base
-run is left for a session with a device (`python scripts/benchmark.py speed` runs unchanged there).
+**Every number here is float32 on CPU**: no GPU or TPU run is recorded (`python
+scripts/benchmark.py speed` runs unchanged on one).
 
 {summary}
 ## Targets
@@ -430,8 +430,7 @@ def scaling_profile_section(out_dir):
          'the next step takes them back as page faults (the faults row; the scanned step\'s '
          'stacks add to them), jemalloc with `retain:true` keeps them. None of this is particular '
          'to this network: T5X\'s own scalable_t5 pays a like ratio in the same process (step '
-         'run 4 above). It was not measured on an accelerator: no accelerator was lent to the '
-         'sessions that measured this.']
+         'run 4 above). It was measured on CPU only.']
   t5x_runs = [str(i) for i, (_, rs) in enumerate(runs, 1) if rs[0]['variant'] == 'scalable_t5']
   if t5x_runs:
     out[0] += (f' Profile run {", ".join(t5x_runs)} profiles T5X\'s scalable_t5 network itself '
@@ -724,11 +723,11 @@ def fidelity_section(out_dir, speed_rows, rel):
   big = fid.SCALES['study_d128']
   out.append('')
   out.append(
-      f'This is below the issue\'s suggested starting scale (d={big["model"]["emb_dim"]}, batch '
+      f'This is smaller than the `study_d128` scale (d={big["model"]["emb_dim"]}, batch '
       f'{big["batch"]}, inputs/targets {big["inputs"]}/{big["targets"]}): on 2 CPU cores that '
       f'scale does not fit the study\'s 2-hour budget, so the width and batch were reduced and the '
-      f'steps, layers and seeds kept. `--scale study_d128` runs the same study at the suggested '
-      f'scale (for an accelerator); it has not been run (no accelerator was available).')
+      f'steps, layers and seeds kept. `--scale study_d128` runs the same study at that scale '
+      f'(for an accelerator); it has not been run.')
   out.append('')
   out.append(
       f'**Verdict rule**: for each seed, d = loss(reference) - loss(variant) at the same step '

@@ -1,4 +1,4 @@
-"""Test-session settings.
+"""Settings for the whole test run, and the helpers the tests share.
 
 The suite is dominated by XLA compilation of tiny programs on 2 CPU cores. LLVM's optimisation
 level 0 compiles them about a third faster (measured on tests/test_scan.py: 57 s -> 34 s for the

@@ -34,21 +34,6 @@ def test_analysis_template_rejects_unknown_fields():
     report.fill_template('{speed.small.altup_k9.train_ms}', rows, [], {})
 
 
-def test_no_machine_paths_in_tracked_files():
-  files = subprocess.run(['git', 'ls-files'], cwd=ROOT, capture_output=True, text=True,
-                         check=True).stdout.split()
-  bad = ['/' + 'work/', '/' + 'root/']
-  hits = []
-  for name in files:
-    try:
-      with open(os.path.join(ROOT, name), encoding='utf-8') as f:
-        text = f.read()
-    except (UnicodeDecodeError, FileNotFoundError, IsADirectoryError):
-      continue
-    hits += [f'{name}: {b}' for b in bad if b in text]
-  assert not hits, hits
-
-
 def test_t5x_python_is_a_flag_or_env_with_a_clear_error(monkeypatch, tmp_path):
   monkeypatch.delenv(t5x_compare.T5X_PYTHON_ENV, raising=False)
   with pytest.raises(t5x_compare.T5XPythonError, match='--t5x-python'):
