@@ -491,7 +491,7 @@ run on a 2-core CPU with N simulated devices (see `altup_t5x/plan.py`).
   2 CPU cores shared with other jobs: compare them within a config only.
 - **analytic**: shapes and shardings only (nothing compiled, for rows too large to compile on the
   planning machine): parameter and optimizer-state bytes per device are exact, activations are not
-  included, so the fit is a lower bound (marked `>=`).
+  included, so the peak is a lower bound (marked `>=`) and the row claims no fit.
 - Memory per device: {chips}.
   A TPU v3 JAX device is one core (16 GiB of the chip's 32 GiB).
 - Model-parallel size (`num_partitions`, the 'model' mesh axis) as T5X's configs use it:
@@ -528,7 +528,9 @@ def render_pods_md(rows: Sequence[Mapping[str, str]]) -> str:
     else:
       need = int(float(r['param_bytes_per_device'])) + int(float(r['optimizer_bytes_per_device']))
       prefix = '>='
-    fits = [c for c in chip_names if need <= CHIPS[c]]
+    # An analytic row knows a lower bound only: it names no chip it fits.
+    fits = ('not known (not compiled)' if prefix else
+            ', '.join(c for c in chip_names if need <= CHIPS[c]) or 'none')
     flops = r['flops_per_step']
     out.append('| ' + ' | '.join([
         r['config'], str(r['devices']), r['mesh'], r['scan_layers'], r['remat_policy'], r['mode'],
@@ -537,7 +539,7 @@ def render_pods_md(rows: Sequence[Mapping[str, str]]) -> str:
         (prefix + _fmt_gib(str(need))) if prefix else _fmt_gib(peak),
         '' if flops in ('', None) else f'{float(flops) / 1e12:.1f}',
         '' if r['compile_seconds'] in ('', None) else f"{float(r['compile_seconds']):.0f}",
-        ', '.join(fits) or 'none']) + ' |')
+        fits]) + ' |')
   return '\n'.join(out) + '\n'
 
 
