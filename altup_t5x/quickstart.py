@@ -78,6 +78,21 @@ def run(steps: int = 150, workdir: str = None, examples: int = 3, eval_batches: 
   return results
 
 
+def quiet_tensorflow() -> None:
+  """Imports TensorFlow (it only reads the data here) so that it prints nothing of its own.
+
+  Before the import: TF_CPP_MIN_LOG_LEVEL=2 turns TensorFlow's C++ INFO and WARNING lines off
+  (errors stay), and TF_ENABLE_ONEDNN_OPTS=0 keeps TensorFlow from announcing its oneDNN CPU
+  kernels, a line it prints at import whatever the log level (the input pipeline's integer and
+  string ops do not use them). Values the caller set win. `cli.import_tensorflow_quietly` then
+  drops what TensorFlow's CUDA build prints on a machine without an NVIDIA driver.
+  """
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
+  from altup_t5x import cli  # pylint: disable=g-import-not-at-top
+  cli.import_tensorflow_quietly()
+
+
 def _per_token(train_result):
   """The last logged train cross-entropy per target token (the runner's loss is a sum, as T5X's)."""
   return float('nan') if train_result.get('train_xent') is None else train_result['train_xent']
@@ -90,8 +105,7 @@ def main(argv=None):
   parser.add_argument('--workdir', default=None)
   parser.add_argument('--examples', type=int, default=3)
   args = parser.parse_args(argv)
-  from altup_t5x import cli  # pylint: disable=g-import-not-at-top
-  cli.import_tensorflow_quietly()
+  quiet_tensorflow()
   run(args.steps, args.workdir, args.examples)
 
 
