@@ -240,3 +240,35 @@ def main(argv=None):
 
 if __name__ == '__main__':
   main()
+
+
+def markdown(rows) -> str:
+  """The rows of step_cost.csv as one Markdown table per run (for BENCHMARKS.md)."""
+  runs = []
+  for r in rows:
+    if r['run'] not in runs:
+      runs.append(r['run'])
+  out = []
+  for run_name in runs:
+    rs = [r for r in rows if r['run'] == run_name]
+    first = rs[0]
+    shapes = sorted({(r['size'], r['batch'], r['inputs'], r['targets']) for r in rs})
+    shape_text = ', '.join(f'{s} {b} x {i}/{t}' for s, b, i, t in shapes)
+    out.append(f'Run `{run_name}` ({first["date"]}, {first["device"]}, {first["dtype"]}, '
+               f'{shape_text}, load average {first["loadavg"]} at the end):\n')
+    out.append('| size | variant | option | train ms | train ratio | train FLOPs ratio | '
+               'peak memory ratio | decode ms | decode ratio | tokens/s | MFU |')
+    out.append('|---|---|---|---|---|---|---|---|---|---|---|')
+    by = {(r['size'], r['variant'], r['option'], r['kind']): r for r in rs}
+    for (size, variant, option, kind), r in by.items():
+      if kind != 'train':
+        continue
+      d = by.get((size, variant, option, 'decode'), {})
+      base = by.get((size, 'baseline', option if option != 'unfused' else 'default', 'train'))
+      mem = (float(r['peak_bytes']) / float(base['peak_bytes'])) if base else float('nan')
+      out.append(f'| {size} | {variant} | {option} | {float(r["median_ms"]):.1f} | '
+                 f'{float(r["ratio"]):.3f}x | {float(r["flops_ratio"]):.3f}x | {mem:.3f}x | '
+                 f'{float(d.get("median_ms", "nan")):.2f} | {float(d.get("ratio", "nan")):.3f}x | '
+                 f'{float(r["tokens_per_s"]):.0f} | {r["mfu"] or "-"} |')
+    out.append('')
+  return '\n'.join(out)
