@@ -11,6 +11,7 @@ BENCHMARKS.md and README block are exactly what this module produces from the co
 import json
 import math
 import os
+import string
 
 from altup_t5x import csv_tables
 
@@ -38,6 +39,20 @@ def _f(x, nd=2):
   if math.isnan(x):
     return 'n/a'
   return f'{x:.{nd}f}'
+
+
+TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'templates')
+
+
+def _prose(name, **values):
+  """The text of templates/<name>.md with its $placeholders filled (`string.Template`).
+
+  The prose of the report lives in those files; the code fills in numbers and tables. A template
+  file's final newline is not part of its text.
+  """
+  with open(os.path.join(TEMPLATES, name + '.md')) as f:
+    text = f.read()
+  return string.Template(text[:-1] if text.endswith('\n') else text).substitute(values)
 
 
 def _table(out_dir, name):
@@ -136,21 +151,13 @@ def quality_section(q):
   if not q:
     return '(not run)\n'
   run, model, summary = q['run'], q['model'], q['summary']
-  out = [f'Model: {model}, vocabulary 1100 (embedded KJV SentencePiece), batch {run["batch"]} x '
-         f'(inputs {run["inputs"]}, targets {run["targets"]}) packed, Adafactor (T5X defaults) at '
-         f'lr {run["learning_rate"]} (T5X\'s rsqrt schedule during its 10k warm-up steps), no '
-         f'dropout, {len(q["seeds"])} seeds (init and data order), {run["steps"]} steps '
-         f'(baseline {run["baseline_steps"]}, so that it can reach the others\' final loss). '
-         f'Eval loss: token-weighted cross-entropy on {run["eval_examples"]} packed validation '
-         f'examples, every {run["eval_every"]} steps. Wall-clock: the summed step times (variants '
-         f'interleaved step by step in one process), without evaluation and compilation. '
-         f'Total {q.get("seconds", 0) / 60:.1f} min.'
-         + ('' if run['steps'] >= 200 and len(q['seeds']) >= 3 else
-            ' **A reduced run (the default is 200 steps x 3 seeds): too short to judge AltUp.**')
-         + '\n',
-         f'| variant | params | eval loss at step {run["steps"]} (mean +- std) | min-max | '
-         f'per seed | ms/step | baseline steps to reach | baseline s to reach | own s |',
-         '|---|---:|---:|---:|---|---:|---:|---:|---:|']
+  reduced = ('' if run['steps'] >= 200 and len(q['seeds']) >= 3 else
+             ' **A reduced run (the default is 200 steps x 3 seeds): too short to judge AltUp.**')
+  out = [_prose('quality_intro', model=model, batch=run['batch'], inputs=run['inputs'],
+                targets=run['targets'], learning_rate=run['learning_rate'],
+                seeds=len(q['seeds']), steps=run['steps'], baseline_steps=run['baseline_steps'],
+                eval_examples=run['eval_examples'], eval_every=run['eval_every'],
+                minutes=f'{q.get("seconds", 0) / 60:.1f}', reduced=reduced)]
   for v, s in summary.items():
     reached = s['baseline_steps_reached']
     n = len(s['finals'])
@@ -234,76 +241,11 @@ def render(out_dir, path):
   measured = '; '.join(f'{k}: {v["date"]}, {v["cpus"]} CPUs ({v["machine"]}), JAX {v["jax"]} '
                        f'{v["backend"]}, load average at the end {v["loadavg"]:.1f}'
                        for k, v in meta.items())
-  text = f"""# Benchmarks
-
-Regenerate the measurements (about 25 minutes on 2 idle CPU cores; the fidelity study is separate,
-see its section), then this file:
-
-    python scripts/benchmark.py all --out benchmarks/
-    python scripts/benchmark.py report --out benchmarks/
-
-Parts: `speed`, `t5x` (needs T5X: `--t5x-python PY` or `ALTUP_T5X_PYTHON=PY`, the Python of an
-environment where T5X is installed), `quality`, `fidelity`, `report` (this file and the README's
-results block only; no measurement writes them). Method, measured quantities and defaults are in
-the docstrings of `studies/`. Raw numbers: `{rel}/speed.csv`, `{rel}/t5x.csv`, `{rel}/quality.csv`,
-`{rel}/quality_curves.csv`.
-
-Measured: {measured or 'n/a'}.
-**Every number here is float32 on CPU**: no GPU or TPU run is recorded (`python
-scripts/benchmark.py speed` runs unchanged on one).
-
-{summary}
-## Targets
-
-Ratios are to the baseline of the same `emb_dim`, measured in one process (variants interleaved
-round-robin). Peak memory is XLA's planned buffer size for one call (arguments + outputs + temporaries
-- aliased/donated; `compiled.memory_analysis()`), not a measured resident set size.
-
-{target_section(rows, t5x_rows)}
-
-{explanations}
-## Speed
-
-Times are medians of all timed calls (by default 4 rounds x 5 = 20 per variant, after a warm-up
-call in every round);
-brackets: min-max of the per-round medians. Train step = forward + backward + Adafactor update
-(T5X's defaults), parameters and optimizer state donated. Decode = one cached decoder step for the
-whole batch (T5X-style cache, `decode=True`), median over the target length. "Adafactor update ms"
-times the optimizer update alone on gradients of the parameters' shapes.
-
-{speed_section(rows, meta)}
-
-![speed ratios]({rel}/speed_ratios.png)
-
-## Our K=1 network against T5X's
-
-Same T5.1.1 config, same train step function, one process (T5X's environment), interleaved.
-
-{t5x_section(t5x_rows)}
-## Scaling options: scanned layers and rematerialization
-
-T5.1.1 baseline train step, float32, batch 8 x 512/114, one CPU device, compiled ahead of time on
-shape-only parameters (`python scripts/scaling_benchmark.py sweep`, raw numbers in
-`{rel}/scaling.csv`). Small, base and the first large rows were measured under heavy load (load
-average 12-16 on 2 cores), the other large and the XL rows at load ~4: compile seconds compare
-only within a size. Why unrolled `full` remat saves little: `altup_t5x/network.py`'s docstring.
-Scanned without remat keeps more temporaries than unrolled (large, XL); not investigated further.
-A likely cause: the backward pass of a scan stacks every iteration's residuals as JAX saved them,
-while in an unrolled program XLA may fuse or recompute cheap elementwise intermediates instead.
-Scan is meant to be used with a remat policy, as scalable_t5 does. Per-device memory of the pretrain configs on TPU/GPU slices:
-[PODS.md](PODS.md).
-
-{scaling_section(out_dir)}
-## Quality on the embedded corpus
-
-{quality_section(q)}
-![loss vs steps]({rel}/quality_loss_vs_steps.png)
-
-![loss vs time]({rel}/quality_loss_vs_time.png)
-
-![baseline to reach]({rel}/quality_baseline_to_reach.png)
-
-{fidelity_section(out_dir, rows, rel)}"""
+  text = _prose('benchmarks', rel=rel, measured=measured or 'n/a', summary=summary,
+                targets=target_section(rows, t5x_rows), explanations=explanations,
+                speed=speed_section(rows, meta), t5x=t5x_section(t5x_rows),
+                scaling=scaling_section(out_dir), quality=quality_section(q),
+                fidelity=fidelity_section(out_dir, rows, rel))
   return text
 
 
@@ -355,16 +297,7 @@ def scaling_section(out_dir):
         f', remat {r["remat_policy"]}' if r['remat_policy'] != 'none' else '') + (
             ', one-hot embedding' if r['one_hot_embedding'] == 'True' else '') + (
                 f', {malloc(r.get("allocator"))}' if malloc(r.get('allocator')) != 'glibc' else '')
-    out += ['', 'Train step time at T5.1.1-small, float32, one CPU process (medians of round-robin '
-            'rounds; `scaling_benchmark.py step`; runs 1-4 while the fidelity study ran on the same '
-            'cores, later runs (rows naming their process in the CSV) on an otherwise idle '
-            'machine); the ratio is to the unrolled step measured in the same process (each run '
-            'starts with it). Run 1\'s altup_k2 remat rows predate rematerialising the whole '
-            'scanned group (AltUp predict/correct included, 2026-11-30); the later altup_k2 run '
-            'measures the current network:', '',
-            '| run | variant | batch x inputs/targets | case | step (ms) | round medians (ms) | '
-            'ratio to unrolled |',
-            '|---:|---|---|---|---:|---:|---:|']
+    out += ['', _prose('scaling_steps')]
     run, ref, seen, run_shape, process = 1, None, set(), None, None
     for r in steps:
       if (r['scan_layers'], r['remat_policy'], r['one_hot_embedding']) == ('False', 'none', 'False'):
@@ -412,25 +345,7 @@ def scaling_profile_section(out_dir):
     if not runs or runs[-1][0] != r['process']:
       runs.append((r['process'], []))
     runs[-1][1].append(r)
-  out = ['Where the scanned step\'s extra time goes on CPU (`scaling_benchmark.py profile`, raw '
-         'numbers in `scaling_profile.csv`): XLA:CPU\'s trace events of the same train step, one '
-         'per executed instruction, summed by kind (`studies/xla_profile.py`), in '
-         'core-milliseconds per step (two cores busy at once count twice, so a column exceeds the '
-         'wall time; the profiler itself slows the step, compare the traced and untraced rows). '
-         'What the kinds are: JAX\'s scan (under `nn.scan`) returns every per-layer value the '
-         'backward pass needs, and the gradients of the stacked parameters, in [layers, ...] '
-         'buffers that it first fills with zeros (`zero fill`, and a `copy` of the zeros per '
-         'buffer) and then writes one layer slice per iteration (`stack write`); the backward loop '
-         'reads them back a slice at a time (`slice read`), as the forward loop reads each layer\'s '
-         'parameters. An unrolled program writes each of these values once, where it is computed. '
-         'With `param_scan_axis` 1 (T5X\'s default) the stacked parameters are moved to put the '
-         'layer axis first before the loops and the gradients moved back after them (`transpose '
-         '/ layout copy`, and `copy`); axis 0 saves that. The malloc matters on CPU because '
-         'XLA:CPU allocates each step\'s buffers anew: glibc returns large ones to the kernel and '
-         'the next step takes them back as page faults (the faults row; the scanned step\'s '
-         'stacks add to them), jemalloc with `retain:true` keeps them. None of this is particular '
-         'to this network: T5X\'s own scalable_t5 pays a like ratio in the same process (step '
-         'run 4 above). It was measured on CPU only.']
+  out = [_prose('scaling_profile')]
   t5x_runs = [str(i) for i, (_, rs) in enumerate(runs, 1) if rs[0]['variant'] == 'scalable_t5']
   if t5x_runs:
     out[0] += (f' Profile run {", ".join(t5x_runs)} profiles T5X\'s scalable_t5 network itself '
@@ -705,40 +620,13 @@ def fidelity_section(out_dir, speed_rows, rel):
   planned = fid.plan(runs)
   speed_rows = _study_speed_rows(out_dir, speed_rows)
   done = [s for s in planned if s['name'] in runs]
-  out = ['## Fidelity: does our AltUp reproduce the paper\'s claims?', '',
-         'Command (resumable: each run is cached in `benchmarks/fidelity/runs/`, present runs are '
-         'skipped; `--plan` lists them, `--parts a,b` selects claims, `--max-minutes` stops '
-         'starting new runs):', '',
-         '    python scripts/benchmark.py fidelity --out benchmarks/',
-         '    python scripts/benchmark.py report --out benchmarks/', '']
-  st = fid.SCALES['study']
-  out.append(
-      f'Scale `study`: {st["model"]}, vocabulary {fid.VOCAB_SIZE}, batch {st["batch"]} x (inputs '
-      f'{st["inputs"]}, targets {st["targets"]}) packed span corruption of the embedded corpus, '
-      f'{fid.FULL_STEPS} steps; Adafactor (T5X defaults) with T5X\'s schedule shape (constant peak '
-      f'for {fid.WARMUP} steps, then rsqrt decay); no dropout. Eval loss: token-weighted '
-      f'cross-entropy on {st["eval_examples"]} packed examples of the held-out validation split. '
-      f'Seeds set init and data order; all variants of a seed see the same batches. Claim (e) '
-      f'uses `study_long` (inputs {fid.SCALES["study_long"]["inputs"]}).')
-  big = fid.SCALES['study_d128']
-  out.append('')
-  out.append(
-      f'This is smaller than the `study_d128` scale (d={big["model"]["emb_dim"]}, batch '
-      f'{big["batch"]}, inputs/targets {big["inputs"]}/{big["targets"]}): on 2 CPU cores that '
-      f'scale does not fit the study\'s 2-hour budget, so the width and batch were reduced and the '
-      f'steps, layers and seeds kept. `--scale study_d128` runs the same study at that scale '
-      f'(for an accelerator); it has not been run.')
-  out.append('')
-  out.append(
-      f'**Verdict rule**: for each seed, d = loss(reference) - loss(variant) at the same step '
-      f'(positive: the variant is better). *reproduced* if mean(d) > 2 standard errors of d, '
-      f'*not reproduced* if mean(d) < -2 SE, *inconclusive* otherwise or with fewer than 2 seeds. '
-      f'Claim (b) also needs Recycled\'s gain to be >= 50% of AltUp K=2\'s and its small-shape step '
-      f'<= 1.05x. Equal wall-clock: the step-time ratio of the speed benchmark (T5.1.1-small shape, '
-      f'`fidelity/speed/speed.csv`: one run over the study\'s variants, else `speed.csv`) converts '
-      f'steps to time: a variant r times slower is compared at step N/r with '
-      f'the reference at N (eval curves interpolated).')
-  out.append('')
+  st, big = fid.SCALES['study'], fid.SCALES['study_d128']
+  out = [_prose('fidelity_intro', model=st['model'], vocab_size=fid.VOCAB_SIZE, batch=st['batch'],
+                inputs=st['inputs'], targets=st['targets'], steps=fid.FULL_STEPS,
+                warmup=fid.WARMUP, eval_examples=st['eval_examples'],
+                long_inputs=fid.SCALES['study_long']['inputs'],
+                big_emb_dim=big['model']['emb_dim'], big_batch=big['batch'],
+                big_inputs=big['inputs'], big_targets=big['targets']), '']
   total = sum(runs[s['name']]['train_seconds'] for s in done)
   out.append(f'**Status: {len(done)} of {len(planned)} planned runs done** '
              f'({total / 60:.0f} min of measured training time; '
@@ -852,17 +740,7 @@ def fidelity_section(out_dir, speed_rows, rel):
 
 
 def ablation_section(runs, fid):
-  out = ['### The quickstart-vs-quality-benchmark gap (ablation)', '',
-         'The quickstart showed AltUp K=2 far ahead of the baseline; the quality benchmark showed a '
-         'small gain. The two differ in width (d=128 vs 64), learning rate (peak 0.1 with T5X\'s '
-         'rsqrt schedule vs constant 0.01), lengths/batch and steps. Each row trains both models '
-         f'(up to {fid.ABLATION_SEEDS} seeds, the same batches for both; the "d by seed" column '
-         'lists the seeds run) in one of the settings with the study\'s training loop; d = baseline '
-         'minus AltUp K=2 eval loss (positive: AltUp better).', '',
-         'Also shown: the lowest eval loss each model reached at any eval step of the run '
-         '(mean over seeds); a final loss far above it means the run was unstable at that LR.', '',
-         '| setting | baseline | AltUp K=2 | d by seed | mean d | baseline lowest | AltUp lowest |',
-         '|---|---:|---:|---|---:|---:|---:|']
+  out = [_prose('ablation_intro', seeds=fid.ABLATION_SEEDS)]
   rows = []
   for label, scale, schedule, lr, steps in fid.ABLATION:
     bl, al, d, bmin, amin = [], [], [], [], []
@@ -928,12 +806,8 @@ def seed_anomaly_section(out_dir):
   if dense:
     stds = [float(x) for x in dense[0].strip('| ').split(' | ')[1:]]
     if stds[-1] < 0.25 * min(stds[:-1]):
-      out += ['', f'dense_2d\'s seeds differ by {min(stds[:-1]):.4f}-{max(stds[:-1]):.4f} (std) at '
-              'the earlier eval steps, like the other variants, and agree only at the last one: the '
-              'seed does reach its init and data order (same code path as every variant), and the '
-              'agreement is one coincidental crossing of the curves, so a single final-step eval '
-              'understates the seed noise. The fidelity study therefore uses >= 3 seeds and paired '
-              'differences.']
+      out += ['', _prose('seed_anomaly_reading', low=f'{min(stds[:-1]):.4f}',
+                         high=f'{max(stds[:-1]):.4f}')]
   out.append('')
   return '\n'.join(out)
 
@@ -958,12 +832,7 @@ def _fidelity_reading(rows, runs, fid):
              + ', '.join(f'{lr:g}: {x:.4f}' for lr, x in sorted(k2.items())) +
              '; the 300-step sweep\'s optimum is not the 1500-step one, which is why every claim '
              'is also shown with both models at the baseline\'s best LR.')
-  text += (' What was tried for each claim: the LR pairs in the table, '
-           f'{fid.FULL_STEPS} steps, the seeds listed, at the `study` scale only. Not tried: '
-           'larger scales (`--scale study_d128`), longer training, an LR sweep of the variants of '
-           '(d)-(g) themselves, and dropout or other regularisation; a claim marked inconclusive or '
-           'not reproduced here may still hold at the paper\'s scale (T5.1.1 small and up, 500k '
-           'pretraining steps at batch 256, arXiv 2301.13310).')
+  text += ' ' + _prose('fidelity_tried', steps=fid.FULL_STEPS)
   return text
 
 
