@@ -51,6 +51,7 @@ setuptools.setup(
             "altup-eval=altup_t5x.eval:console_main",
             "altup-infer=altup_t5x.infer:console_main",
             "altup-convert=altup_t5x.convert:console_main",
+            "altup-leaderboard=altup_t5x.leaderboard:console_main",
         ]
     },
 )
