@@ -286,8 +286,9 @@ def _memory(name: str, size: str, variant: str) -> List[str]:
 def _layout_note(size: str, variant: str) -> List[str]:
   if size not in SCALING or not SCALING[size][0]:
     return []
-  return ['', 'Scanned layers, as the pretrain config of this size: restore an unscanned checkpoint '
-          'after', f'`python -m altup_t5x.scan_convert --to scanned --period {SCAN_PERIOD[variant]} '
+  period = SCAN_PERIOD[variant]
+  return ['', 'Scanned layers, as the pretrain config of this size: restore an unscanned '
+          'checkpoint after', f'`python -m altup_t5x.scan_convert --to scanned --period {period} '
           '--in DIR --out NEW_DIR`.']
 
 
@@ -301,7 +302,8 @@ def pretrain(size: str, variant: str) -> Tuple[str, str]:
        '(the AltUp paper\'s setup),',
        'inverse-square-root learning rate with 10k warmup and dropout 0 (T5X\'s T5.1.1 C4 '
        'pretraining).', '',
-       f'C4 (TFDS {TFDS_NAMES["c4"]}) must be prepared in --tfds_data_dir beforehand (docs/data.md).',
+       f'C4 (TFDS {TFDS_NAMES["c4"]}) must be prepared in --tfds_data_dir beforehand '
+       '(docs/data.md).',
        *_memory(name, size, variant)],
       ['t5x.train', f'--gin_file={path}', f'--gin.MODEL_DIR="\'{model_dir}\'"',
        f'--tfds_data_dir={TFDS_DIR}'])
@@ -536,14 +538,15 @@ def docs_block() -> str:
          '|---|---|---|']
   for chip, names in families.items():
     out.append(f'| `{chip}` | {CHIPS[chip] / GiB:.1f} GiB | {", ".join(names)} |')
-  n_ckpt = PRETRAIN_STEPS // CHECKPOINT_PERIOD
+  n_ckpt = PRETRAIN_STEPS // CHECKPOINT_PERIOD + 1  # T5X also saves step 0 before the loop
   out += ['', f'Every pretrain config as shipped, at the fewest devices where a compiled plan '
-          f'leaves >= {MARGIN:.0%} of the memory free (smallest memory first); "also" lists the '
+          f'leaves >= {MARGIN:.0%} of the memory free (TPU first, then the least memory); '
+          '"also" lists the '
           'other slices of that size that fit. A checkpoint holds the float32 parameters (4 bytes '
           'each) and the Adafactor state (the planner\'s optimizer bytes: T5X keeps the factored '
           f'statistics replicated, so one device holds all of it); {n_ckpt} checkpoints is a '
-          f'{PRETRAIN_STEPS:,}-step run at period {CHECKPOINT_PERIOD:,} with T5X\'s default '
-          '`keep = None`.', '',
+          f'{PRETRAIN_STEPS:,}-step run at period {CHECKPOINT_PERIOD:,} (steps 0, '
+          f'{CHECKPOINT_PERIOD:,}, ..., {PRETRAIN_STEPS:,}) with T5X\'s default `keep = None`.', '',
           '| config | scan, remat | mesh | fits | peak GiB/device | left | also | parameters | '
           f'checkpoint GiB | {n_ckpt} checkpoints TiB |', '|' + '---|' * 10]
   for size in (*SIZES, *PRETRAIN_ONLY_SIZES):

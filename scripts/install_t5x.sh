@@ -89,5 +89,6 @@ for i in "${!GIT_NAMES[@]}"; do
   run git -C "$dir" -c advice.detachedHead=false checkout --quiet "${GIT_COMMITS[$i]}"
   run "$PY" -m pip install --no-deps -e "$dir"
 done
-run "$PY" -c "import t5x, airio, jestimator, flaxformer, altup_t5x, jax; print('T5X environment ready: t5x', t5x.__file__, 'jax', jax.__version__)"
+run "$PY" -c "import t5x, airio, jestimator, flaxformer, altup_t5x, jax
+print('T5X environment ready: t5x', t5x.__file__, 'jax', jax.__version__)"
 ((DRY)) || echo "Use $PY (the launch scripts' default)."

@@ -133,7 +133,7 @@ def test_every_path_a_document_names_exists(doc):
     fixed = re.split(r'[<{*]', p)[0].rstrip('/_')
     if not fixed or fixed.count('/') == 0 and not os.path.isdir(os.path.join(REPO, fixed)):
       continue
-    if not any(os.path.exists(os.path.join(root, fixed)) or glob.glob(os.path.join(root, fixed) + '*')
-               for root in (REPO, base)):
+    here = [os.path.join(root, fixed) for root in (REPO, base)]
+    if not any(os.path.exists(h) or glob.glob(h + '*') for h in here):
       missing.append(p)
   assert not missing, missing
