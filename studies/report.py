@@ -1,12 +1,16 @@
-"""The report: BENCHMARKS.md and the README's results block, generated from the files in `benchmarks/`.
+"""The report: BENCHMARKS.md, docs/scaling.md and the README's results block, generated from the
+files in `benchmarks/`.
 
     python scripts/benchmark.py report --out benchmarks/
 
-Every number in both comes from speed.csv, t5x.csv, quality.json, fidelity/runs/*.json and
-meta.json. The hand-written analysis (benchmarks/EXPLANATIONS.md) is a template: it quotes numbers
-only through fields such as `{speed.small.altup_k4.train_ratio:.2f}` (filled in from the CSVs
-here), or names the run it refers to. `tests/test_benchmarks_report.py` checks that the committed
-BENCHMARKS.md and README block are exactly what this module produces from the committed files.
+Every number in them comes from step_cost.csv, speed.csv, t5x.csv, quality.json,
+fidelity/runs/*.json, scaling.csv, scaling_profile.csv and meta.json. BENCHMARKS.md opens with
+the results (one table: what each variant costs and what it buys), then the measurements behind
+them, and ends with how to reproduce them. The hand-written analysis (benchmarks/EXPLANATIONS.md)
+is a template: it quotes numbers only through fields such as
+`{speed.small.altup_k4.train_ratio:.2f}` (filled in from the CSVs here), or names the run it refers
+to. `tests/test_benchmarks_report.py` checks that the committed documents and README block are
+exactly what this module produces from the committed files.
 """
 import json
 import math
@@ -73,6 +77,262 @@ def projected_ms(r, batch=PROJECT_BATCH):
 def projected_ratio(r, rows):
   base = next(b for b in rows if b['shape'] == r['shape'] and b['variant'] == 'baseline')
   return projected_ms(r) / projected_ms(base)
+
+
+# ------------------------------------------------------------------------------------------------
+# The headline: one row per variant, what it costs (step_cost.csv, else the speed benchmarks) and
+# what it buys (the fidelity study's verdicts).
+
+# The headline's rows in this order (then any other variant the data has), with their names.
+HEADLINE_LABELS = {
+    'baseline': 'baseline',
+    'altup_k2': 'AltUp K=2',
+    'recycled_k2': 'Recycled-AltUp K=2',
+    'altup_k4': 'AltUp K=4',
+    'recycled_k4': 'Recycled-AltUp K=4',
+    'seq_altup_s2': 'Sequence-AltUp, stride 2',
+    'seq_skip_s2': 'stride-and-skip, stride 2',
+    'altup_k2_dynamic': 'AltUp K=2, dynamic coefficients (one router pass)',
+    'altup_k2_predicted': 'AltUp K=2, layer reads the predicted block',
+    'altup_k2_same': 'AltUp K=2, same-block selection',
+    'moe': 'MoE (4 experts, every 2nd layer)',
+    'altup_k2_moe': 'AltUp K=2 + MoE',
+    'dense_2d': 'dense 2x-wide T5.1.1 (reference)',
+}
+# Claims whose variant is a reference model, not AltUp: there "reproduced" means the reference beats
+# AltUp, which is never one of AltUp's gains.
+REFERENCE_CLAIMS = ('g3',)
+# A claim's statement where the study's one-line statement (fidelity.CLAIMS) says too little.
+CLAIM_STATEMENTS = {
+    'g1': ('(beyond the paper) dynamic coefficients with one router pass per layer '
+           '(`altup_correct_router=\'input\'`; not Gemma 3n\'s block, gin/altup/gemma3n_k4.gin) vs '
+           'static AltUp'),
+    'g3': '(reference, not an AltUp claim) a dense 2x-wide model beats AltUp K=2',
+}
+FALLBACK_MARKS = ('\u2020', '\u2021')  # dagger: speed.csv; double dagger: the study's speed run
+
+
+def _step_cost_choice(rows, accelerator):
+  """(run, size) of step_cost.csv that the headline reads: on a CPU (accelerator=False) or on an
+  accelerator, the run with the most tokens per train batch (size 'small' where a run has it); the
+  later run on a tie. None if there is no such run."""
+  sizes = {}
+  for r in rows:
+    if r['device'].startswith('cpu') == accelerator or r['kind'] != 'train':
+      continue
+    sizes.setdefault(r['run'], {})[r['size']] = int(r['batch']) * (int(r['inputs']) +
+                                                                      int(r['targets']))
+  if not sizes:
+    return None
+  pick = {run: ('small' if 'small' in s else next(iter(s))) for run, s in sizes.items()}
+  most = max(sizes[run][pick[run]] for run in sizes)
+  run = [run for run in sizes if sizes[run][pick[run]] == most][-1]
+  return run, pick[run]
+
+
+def _step_cost_of(rows, choice):
+  """{variant: dict(time, flops, mem ratios to the baseline, row)} of one (run, size), option
+  `default`, train step."""
+  if choice is None:
+    return {}
+  run, size = choice
+  by = {r['variant']: r for r in rows if r['run'] == run and r['size'] == size and
+        r['option'] == 'default' and r['kind'] == 'train'}
+  base = by.get('baseline')
+  if base is None:
+    return {}
+  ratio = lambda r, col: float(r[col]) / float(base[col])
+  return {v: dict(time=ratio(r, 'median_ms'), flops=ratio(r, 'flops'), mem=ratio(r, 'peak_bytes'),
+                  row=r) for v, r in by.items()}
+
+
+def _speed_costs(rows):
+  """{variant: ratios} of a speed benchmark's small shape (speed.csv's columns)."""
+  return {r['variant']: dict(time=float(r['train_ratio']), flops=float(r['train_flop_ratio']),
+                             mem=float(r['train_peak_ratio']), row=r)
+          for r in rows if r['shape'] == 'small'}
+
+
+def _claims_by_variant(rows, fid):
+  """{variant: (claim id, 'variant' or 'reference')}: the claim each headline row reports. A claim
+  sits on its variant's row; where that row already has one (AltUp K=2: (a)), on its reference's."""
+  placed = {}
+  for cid, (_, v, ref, _, _) in fid.CLAIMS.items():
+    if not any(r['cid'] == cid for r in rows):
+      continue
+    if v not in placed:
+      placed[v] = (cid, 'variant')
+    elif ref not in placed:
+      placed[ref] = (cid, 'reference')
+  return placed
+
+
+def _verdict_words(r, fid, time=False):
+  """A verdict in the claim's own direction. For a reference claim it names the better model."""
+  verdict = r['time_short'] if time else r['short']
+  if r['cid'] in REFERENCE_CLAIMS:
+    _, v, ref, _, _ = fid.CLAIMS[r['cid']]
+    return {'reproduced': f'{v} better', 'opposite': f'{ref} better'}.get(verdict, verdict)
+  return verdict
+
+
+def _gain_cell(rows, fid, time=False):
+  cells = []
+  for r in rows:
+    m, se, n = (r['tm'], r['tse'], r['tn']) if time else (r['m'], r['se'], r['n'])
+    lrs = f'LR {r["lr"]:g}/{r["ref_lr"]:g}'
+    if n < 2:
+      cells.append(f'not yet run ({lrs})' if n == 0 else f'1 seed run ({lrs})')
+    else:
+      cells.append(f'{m:+.4f} +- {se:.4f} {_verdict_words(r, fid, time)} ({lrs})')
+  return '<br>'.join(cells) or '-'
+
+
+def _name(v):
+  from studies import common  # pylint: disable=g-import-not-at-top
+  return HEADLINE_LABELS.get(v) or common.ALL_VARIANTS.get(v, (v,))[0]
+
+
+def headline_section(out_dir, speed_rows, rel):
+  """The opening table of BENCHMARKS.md and the lines under it; '' without any measurement."""
+  from studies import fidelity as fid  # pylint: disable=g-import-not-at-top
+  sc = _table(out_dir, 'step_cost.csv')
+  cpu_choice, acc_choice = _step_cost_choice(sc, False), _step_cost_choice(sc, True)
+  cpu, acc = _step_cost_of(sc, cpu_choice), _step_cost_of(sc, acc_choice)
+  fallbacks = [_speed_costs(speed_rows),
+               _speed_costs(_table(os.path.join(out_dir, 'fidelity', 'speed'), 'speed.csv'))]
+  runs = fid.load_runs(out_dir)
+  claim_rows = _claim_rows(runs, fid, _study_speed_rows(out_dir, speed_rows))
+  claims = _claims_by_variant(claim_rows, fid)
+  variants = list(dict.fromkeys(
+      [v for v in HEADLINE_LABELS] + list(cpu) + [v for f in fallbacks for v in f]))
+  variants = [v for v in variants if v in cpu or v in claims or any(v in f for f in fallbacks) or
+              any(v == fid.CLAIMS[r['cid']][2] for r in claim_rows)]
+  if not variants:
+    return ''
+  used = set()
+
+  def cost(v, key):
+    if v in cpu:
+      return f'{cpu[v][key]:.3f}x'
+    for mark, f in zip(FALLBACK_MARKS, fallbacks):
+      if v in f:
+        used.add(mark)
+        return f'{f[v][key]:.3f}x{mark}'
+    return 'not measured'
+
+  dtype = cpu['baseline']['row']['dtype'] if cpu else 'float32'
+  out = ['| model | train FLOPs | train step time, CPU ' + dtype + ' | train step time, GPU/TPU | '
+         'peak memory | quality claim | eval-loss gain at equal steps | at equal wall-clock |',
+         '|---|---:|---:|---:|---:|---|---|---|']
+  for v in variants:
+    placed = claims.get(v)
+    if placed:
+      cid, role = placed
+      _, cv, ref, _, _ = fid.CLAIMS[cid]
+      rs = [r for r in claim_rows if r['cid'] == cid]
+      claim = (f'({cid}) vs {_name(ref)}' if role == 'variant' else f'({cid}) {_name(cv)} vs this')
+      eq, tm = _gain_cell(rs, fid), _gain_cell(rs, fid, time=True)
+    else:
+      refs = [cid for cid, c in fid.CLAIMS.items() if c[2] == v and
+              any(r['cid'] == cid for r in claim_rows)]
+      claim = ('reference of ' + ', '.join(f'({c})' for c in refs)) if refs else 'not in the study'
+      eq = tm = '-'
+    gpu = f'{acc[v]["time"]:.3f}x' if v in acc else 'not measured'
+    out.append(f'| {_name(v)} (`{v}`) | {cost(v, "flops")} | {cost(v, "time")} | {gpu} | '
+               f'{cost(v, "mem")} | {claim} | {eq} | {tm} |')
+
+  # Where the costs come from.
+  notes = []
+  if cpu:
+    r0 = cpu['baseline']['row']
+    notes.append(f'unmarked: `{rel}/step_cost.csv`, run `{cpu_choice[0]}` ({r0["date"]}, '
+                 f'CPU, {r0["dtype"]}, T5.1.1-{r0["size"]} at batch {r0["batch"]} x '
+                 f'{r0["inputs"]}/{r0["targets"]}, option `default`)')
+  if acc:
+    r0 = acc['baseline']['row']
+    notes.append(f'GPU/TPU: run `{acc_choice[0]}` ({r0["date"]}, {r0["device"]}, {r0["dtype"]}, '
+                 f'T5.1.1-{r0["size"]} at batch {r0["batch"]} x {r0["inputs"]}/{r0["targets"]})')
+  for i, (mark, path) in enumerate(zip(FALLBACK_MARKS, ('meta.json', os.path.join(
+      'fidelity', 'speed', 'meta.json')))):
+    if mark not in used:
+      continue
+    mpath = os.path.join(out_dir, path)
+    meta = json.load(open(mpath)).get('speed', {}) if os.path.exists(mpath) else {}
+    r0 = next(iter(fallbacks[i].values()))['row']
+    src = (f'`{rel}/speed.csv`' if i == 0 else
+           f'`{rel}/fidelity/speed/speed.csv` (the speed benchmark over the study\'s variants)')
+    notes.append(f'{mark} {src}, T5.1.1-small at batch {r0["batch"]} x {r0["inputs"]}/'
+                 f'{r0["targets"]}, speed run of {meta.get("date", "unknown date")}')
+  if cpu and used:
+    notes.insert(1, 'marked: models that run has not measured')
+  # The scale, and what has not been measured.
+  study = fid.SCALES['study']
+  seeds = {}
+  for r in claim_rows:
+    seeds[r['cid']] = max(seeds.get(r['cid'], 0), r['n'])
+  by_n = {}
+  for cid, n in seeds.items():
+    by_n.setdefault(n, []).append(f'({cid})')
+  m = study['model']
+  scale = (f'**Scale.** Step costs: T5.1.1-{cpu["baseline"]["row"]["size"]} '
+           f'({float(cpu["baseline"]["row"]["params"]) / 1e6:.1f}M parameters in the baseline). '
+           if cpu else '**Scale.** ')
+  scale += (f'Quality: the fidelity study\'s `study` scale, d={m["emb_dim"]}, '
+            f'{m["num_encoder_layers"]}+{m["num_decoder_layers"]} layers, vocabulary '
+            f'{fid.VOCAB_SIZE}, batch {study["batch"]} x {study["inputs"]}/{study["targets"]}, '
+            f'{fid.FULL_STEPS} steps, '
+            + '; '.join(f'{n} seed{"s" if n > 1 else ""} for {", ".join(c)}' if n else
+                        f'not yet run: {", ".join(c)}'
+                        for n, c in sorted(by_n.items(), reverse=True))
+            + f' ((e) at inputs {fid.SCALES["study_long"]["inputs"]}).')
+  missing = []
+  if not acc:
+    missing.append('step time on a GPU or TPU (every step cost is a CPU measurement)')
+  scales = {r['scale'] for r in runs.values()}
+  if not scales & {'study_d128', 'study_d128_long'}:
+    missing.append('quality at any second model size (every claim was trained at the `study` '
+                   'scale only; `--scale study_d128` has not been run)')
+  if not any('gemma3n' in r['variant'] for r in runs.values()):
+    missing.append('the quality of Gemma 3n\'s block (gin/altup/gemma3n_k4.gin)')
+  unmeasured = ('**Not measured:** ' + '; '.join(missing) + '.') if missing else ''
+  return _prose('headline', table='\n'.join(out), sources='; '.join(notes) + '.', scale=scale,
+                unmeasured=unmeasured, steps=fid.FULL_STEPS)
+
+
+AFFIX = {'altup_k2': 'AltUp K=2', 'recycled_k2': 'Recycled K=2', 'altup_k4': 'AltUp K=4',
+         'recycled_k4': 'Recycled K=4', 'seq_altup_s2': 'Sequence-AltUp stride 2'}
+
+
+def step_cost_section(out_dir):
+  """step_cost.csv in full (studies.step_cost.markdown: one table per run) and, per run, the fused
+  (shipped) and unfused (textbook) predict/correct of each AltUp variant against the baseline."""
+  from studies import step_cost  # pylint: disable=g-import-not-at-top
+  rows = _table(out_dir, 'step_cost.csv')
+  if not rows:
+    return 'Not measured yet (`python -m studies.step_cost`).\n'
+  out = [_prose('step_cost_intro'), '', step_cost.markdown(rows)]
+  lines = []
+  for run in dict.fromkeys(r['run'] for r in rows):
+    by = {(r['size'], r['variant'], r['option']): r for r in rows
+          if r['run'] == run and r['kind'] == 'train'}
+    parts = []
+    for (size, v, option), r in by.items():
+      if option != 'unfused' or (size, v, 'default') not in by or (size, 'baseline', 'default') \
+          not in by:
+        continue
+      base = float(by[(size, 'baseline', 'default')]['median_ms'])
+      fused = float(by[(size, v, 'default')]['median_ms'])
+      unfused = float(r['median_ms'])
+      parts.append(f'{AFFIX.get(v, v)}{"" if len({k[0] for k in by}) == 1 else f" ({size})"}: '
+                   f'fused {fused / base:.3f}x, unfused {unfused / base:.3f}x the baseline '
+                   f'(fused / unfused {fused / unfused:.3f})')
+    if parts:
+      lines.append(f'- run `{run}`: ' + '; '.join(parts) + '.')
+  if lines:
+    out += ['The train step with fused updates (`default`, shipped) and in the textbook order '
+            '(`unfused`), each against the baseline\'s `default` step of its run:', ''] + lines + ['']
+  return '\n'.join(out)
 
 
 def speed_section(rows, meta):
@@ -183,9 +443,23 @@ def quality_section(q):
   return '\n'.join(out) + '\n'
 
 
-def auto_summary(rows, t5x_rows, q):
-  """A few lines for the README, from the numbers."""
-  lines = ['## Summary (paste-able into the README)', '']
+def auto_summary(rows, t5x_rows, q, out_dir=None):
+  """The README's results lines (before the fidelity study's), from the numbers."""
+  lines = []
+  sc = _table(out_dir, 'step_cost.csv') if out_dir else []
+  for accelerator in (False, True):
+    choice = _step_cost_choice(sc, accelerator)
+    cost = _step_cost_of(sc, choice)
+    if not cost:
+      continue
+    r0 = cost['baseline']['row']
+    lines.append(
+        f'- Train step, {"CPU" if r0["device"].startswith("cpu") else r0["device"]} '
+        f'{r0["dtype"]}, T5.1.1-{r0["size"]} at batch {r0["batch"]} x '
+        f'{r0["inputs"]}/{r0["targets"]} (`benchmarks/step_cost.csv`, run `{choice[0]}`), time / '
+        'FLOPs / peak memory against the baseline: ' + ', '.join(
+            f'{AFFIX.get(v, _name(v))} {c["time"]:.2f}x / {c["flops"]:.2f}x / {c["mem"]:.2f}x'
+            for v, c in cost.items() if v != 'baseline') + '.')
   small = {r['variant']: r for r in rows if r['shape'] == 'small'} or {
       r['variant']: r for r in rows}
   if small:
@@ -193,15 +467,17 @@ def auto_summary(rows, t5x_rows, q):
       r = small.get(v)
       return 'n/a' if r is None else (f'{float(r["train_ratio"]):.2f}x step '
                                        f'({float(r["train_flop_ratio"]):.2f}x FLOPs)')
-    shape = next(iter(small.values()))['shape']
-    lines.append(f'- CPU float32, T5.1.1-{shape} shapes, ratios to the baseline in one process: '
+    r0 = next(iter(small.values()))
+    lines.append(f'- CPU float32, T5.1.1-{r0["shape"]} at batch {r0["batch"]} x {r0["inputs"]}/'
+                 f'{r0["targets"]} (`benchmarks/speed.csv`), ratios to the baseline in one '
+                 'process: '
                  f'AltUp K=2 {tr("altup_k2")}, Recycled K=2 {tr("recycled_k2")}, AltUp K=4 '
                  f'{tr("altup_k4")}, Recycled K=4 {tr("recycled_k4")}, dense 2d {tr("dense_2d")}, '
                  f'Sequence-AltUp stride 2 {tr("seq_altup_s2")}.')
     if 'altup_k2' in small:
       r = small['altup_k2']
-      lines.append(f'- AltUp K=2: cached decode {float(r["decode_ratio"]):.2f}x per token, training '
-                   f'peak memory {float(r["train_peak_ratio"]):.2f}x, forward '
+      lines.append(f'- AltUp K=2 at that batch: cached decode {float(r["decode_ratio"]):.2f}x per '
+                   f'token, training peak memory {float(r["train_peak_ratio"]):.2f}x, forward '
                    f'{float(r["forward_ratio"]):.2f}x; projected to batch {PROJECT_BATCH} the train '
                    f'step is {projected_ratio(r, rows):.2f}x (the Adafactor update, a per-parameter '
                    'cost, dominates the small CPU batch).')
@@ -221,8 +497,12 @@ def auto_summary(rows, t5x_rows, q):
                  f'{len(q["seeds"])} seeds, validation loss): baseline '
                  f'{base["final_eval_loss"]:.3f} +- {base["final_eval_loss_std"]:.3f}, '
                  + ', '.join(parts) + '.')
-  lines.append('- No GPU/TPU numbers yet: every number is float32 on CPU.')
+  if not _step_cost_choice(sc, True):
+    lines.append('- No GPU/TPU numbers yet: every number is float32 on CPU.')
   return '\n'.join(lines) + '\n'
+
+
+SCALING_DOC = os.path.join('docs', 'scaling.md')
 
 
 def render(out_dir, path):
@@ -237,29 +517,67 @@ def render(out_dir, path):
   expl_path = os.path.join(out_dir, 'EXPLANATIONS.md')
   explanations = open(expl_path).read() if os.path.exists(expl_path) else ''
   explanations = fill_template(explanations, rows, t5x_rows, meta)
-  summary = auto_summary(rows, t5x_rows, q)
   measured = '; '.join(f'{k}: {v["date"]}, {v["cpus"]} CPUs ({v["machine"]}), JAX {v["jax"]} '
                        f'{v["backend"]}, load average at the end {v["loadavg"]:.1f}'
                        for k, v in meta.items())
-  text = _prose('benchmarks', rel=rel, measured=measured or 'n/a', summary=summary,
-                targets=target_section(rows, t5x_rows), explanations=explanations,
-                speed=speed_section(rows, meta), t5x=t5x_section(t5x_rows),
-                scaling=scaling_section(out_dir), quality=quality_section(q),
+  return _prose('benchmarks', rel=rel, measured=measured or 'n/a',
+                headline=headline_section(out_dir, rows, rel), scaling_doc=SCALING_DOC,
+                step_cost=step_cost_section(out_dir), targets=target_section(rows, t5x_rows),
+                explanations=explanations, speed=speed_section(rows, meta),
+                t5x=t5x_section(t5x_rows), quality=quality_section(q),
                 fidelity=fidelity_section(out_dir, rows, rel))
-  return text
+
+
+def render_scaling(out_dir, root):
+  """The text of docs/scaling.md (under the repository root `root`) from the files in `out_dir`."""
+  path = os.path.join(root, SCALING_DOC)
+  return _prose('scaling', rel=os.path.relpath(out_dir, root),
+                benchmarks=os.path.relpath(os.path.join(root, 'BENCHMARKS.md'),
+                                           os.path.dirname(path)),
+                pods=os.path.relpath(os.path.join(root, 'PODS.md'), os.path.dirname(path)),
+                body=scaling_section(out_dir).rstrip('\n'))
+
+
+def _step_runs(steps):
+  """(run number, the run's unrolled reference row, row) for the `step` rows of scaling.csv. A run
+  is one process: its rows start with the unrolled reference of each variant."""
+  out = []
+  run, ref, seen, run_shape, process = 1, None, set(), None, None
+  for r in steps:
+    if (r['scan_layers'], r['remat_policy'], r['one_hot_embedding']) == ('False', 'none', 'False'):
+      ref = r
+      shape = (r['batch'], r['inputs'], r['targets'])
+      if r.get('process') or process:  # rows that name their process
+        if seen and r.get('process') != process:
+          run, seen = run + 1, set()
+      # Older rows: a new process is a variant again, another shape, or T5X's network.
+      elif seen and (r['variant'] in seen or shape != run_shape or r['variant'] == 'scalable_t5'):
+        run, seen = run + 1, set()
+      run_shape, process = shape, r.get('process')
+      seen.add(r['variant'])
+    out.append((run, ref, r))
+  return out
 
 
 def scaling_section(out_dir):
-  """scan_layers / remat_policy: compile time and XLA temporaries (scripts/scaling_benchmark.py)."""
-  rows = [r for r in _table(out_dir, 'scaling.csv') if r['part'] == 'sweep']
+  """scan_layers / remat_policy: compile time and XLA temporaries, step time and where a scanned
+  step's time goes (scripts/scaling_benchmark.py); the body of docs/scaling.md."""
+  table = _table(out_dir, 'scaling.csv')
+  rows = [r for r in table if r['part'] == 'sweep']
+  out = ['## Compile time and XLA temporaries', '']
   if not rows:
-    return 'Not measured yet (`python scripts/scaling_benchmark.py sweep`).\n'
+    out.append('Not measured yet (`python scripts/scaling_benchmark.py sweep`).')
+  else:
+    r0 = rows[0]
+    out += [_prose('scaling_sweep', batch=r0['batch'], inputs=r0['inputs'],
+                   targets=r0['targets']), '']
   by = {(r['size'], r['scan_layers'] == 'True', r['remat_policy']): r for r in rows}
   gib = lambda r: float(r['temp_bytes']) / 2**30
   secs = lambda r: float(r['lower_s']) + float(r['compile_s'])
-  out = ['| size | remat | lower+compile unrolled (s) | scanned (s) | scanned / unrolled '
-         '| XLA temp unrolled (GiB) | scanned (GiB) |', '|---|---|---:|---:|---:|---:|---:|']
   sizes = [s for s in ('small', 'base', 'large', 'xl', 'xxl') if any(k[0] == s for k in by)]
+  if rows:
+    out += ['| size | remat | lower+compile unrolled (s) | scanned (s) | scanned / unrolled '
+            '| XLA temp unrolled (GiB) | scanned (GiB) |', '|---|---|---:|---:|---:|---:|---:|']
   for size in sizes:
     for remat in ('none', 'minimal', 'full'):
       u, sc = by.get((size, False, remat)), by.get((size, True, remat))
@@ -269,56 +587,47 @@ def scaling_section(out_dir):
       out.append(f'| {size} | {remat} | {_f(secs(u), 1) if u else "not measured"} '
                  f'| {_f(secs(sc), 1) if sc else "not measured"} | {ratio} '
                  f'| {_f(gib(u)) if u else "not measured"} | {_f(gib(sc)) if sc else "not measured"} |')
-  out += ['', '| size | temp full / none, unrolled | temp full / none, scanned |', '|---|---:|---:|']
+  # Why the ratio rises at XL: the step's temporaries include the gradients (one float32 per
+  # parameter; parameter counts from the planner's benchmarks/pods.csv), which no remat removes.
+  params = {r['size']: float(r['params']) for r in _table(out_dir, 'pods.csv')
+            if r['variant'] == 'baseline'}
+  if sizes:
+    out += ['', 'Temporaries with remat `full` over none, and (scanned) the same ratio without the '
+            'gradients, which every policy keeps (float32, one per parameter; parameter counts '
+            'from `pods.csv`):', '',
+            '| size | temp full / none, unrolled | temp full / none, scanned | gradients (GiB) | '
+            'scanned, (full - gradients) / (none - gradients) |', '|---|---:|---:|---:|---:|']
   for size in sizes:
     cells = []
     for scan in (False, True):
       full, none = by.get((size, scan, 'full')), by.get((size, scan, 'none'))
       cells.append(_f(gib(full) / gib(none)) + 'x' if full and none else 'not measured')
-    out.append(f'| {size} | {cells[0]} | {cells[1]} |')
-  # Why the ratio rises at XL: the step's temporaries include the gradients (one float32 per
-  # parameter; parameter counts from the planner's benchmarks/pods.csv), which no remat removes.
-  params = {r['size']: float(r['params']) for r in _table(out_dir, 'pods.csv')
-            if r['variant'] == 'baseline'} if os.path.exists(os.path.join(out_dir, 'pods.csv')) else {}
-  notes = []
-  for size in sizes:
     full, none = by.get((size, True, 'full')), by.get((size, True, 'none'))
     if full and none and size in params:
       g = 4 * params[size] / 2**30
-      notes.append(f'{size} {_f(g)} GiB of gradients: (full - gradients) / (none - gradients) = '
-                   f'{_f((gib(full) - g) / (gib(none) - g))}x')
-  if notes:
-    out += ['', 'Scanned full / none without the gradients, which every policy keeps (float32, '
-            'one per parameter): ' + '; '.join(notes) + '.']
-  steps = [r for r in _table(out_dir, 'scaling.csv') if r['part'] == 'step']
+      cells += [_f(g), _f((gib(full) - g) / (gib(none) - g)) + 'x']
+    else:
+      cells += ['n/a', 'n/a']
+    out.append(f'| {size} | ' + ' | '.join(cells) + ' |')
+  steps = [r for r in table if r['part'] == 'step']
+  t5x_step_runs = []
   if steps:
     name = lambda r: ('scanned' + (', param_scan_axis 0' if r.get('param_scan_axis') == '0' else '')
                       if r['scan_layers'] == 'True' else 'unrolled') + (
         f', remat {r["remat_policy"]}' if r['remat_policy'] != 'none' else '') + (
             ', one-hot embedding' if r['one_hot_embedding'] == 'True' else '') + (
                 f', {malloc(r.get("allocator"))}' if malloc(r.get('allocator')) != 'glibc' else '')
-    out += ['', _prose('scaling_steps')]
-    run, ref, seen, run_shape, process = 1, None, set(), None, None
-    for r in steps:
-      if (r['scan_layers'], r['remat_policy'], r['one_hot_embedding']) == ('False', 'none', 'False'):
-        # a run's block per variant starts with its unrolled reference (whatever the malloc)
-        ref = r
-        shape = (r['batch'], r['inputs'], r['targets'])
-        if r.get('process') or process:  # rows that name their process
-          if seen and r.get('process') != process:
-            run, seen = run + 1, set()
-        # Older rows: a new process is a variant again, another shape, or T5X's network.
-        elif seen and (r['variant'] in seen or shape != run_shape or r['variant'] == 'scalable_t5'):
-          run, seen = run + 1, set()
-        run_shape, process = shape, r.get('process')
-        seen.add(r['variant'])
+    out += ['', '## Train step time', '', _prose('scaling_steps')]
+    for run, ref, r in _step_runs(steps):
+      if r['variant'] == 'scalable_t5' and str(run) not in t5x_step_runs:
+        t5x_step_runs.append(str(run))
       out.append(f'| {run} | {r["variant"]} | {r["batch"]} x {r["inputs"]}/{r["targets"]} | '
                  f'{name(r)} | {_f(float(r["step_ms"]), 1)} | '
                  f'{_f(float(r["step_ms_min"]), 1)}-{_f(float(r["step_ms_max"]), 1)} | '
                  f'{_f(float(r["step_ms"]) / float(ref["step_ms"]), 3)}x |')
-  profile = scaling_profile_section(out_dir)
+  profile = scaling_profile_section(out_dir, t5x_step_runs)
   if profile:
-    out += ['', profile]
+    out += ['', '## Where the scanned step\'s extra time goes', '', profile]
   return '\n'.join(out) + '\n'
 
 
@@ -333,9 +642,10 @@ PROFILE_CASES = (('unrolled', 'unrolled'), ('scanned', 'scanned'),
                  ('scanned_axis0', 'scanned, param_scan_axis 0'))
 
 
-def scaling_profile_section(out_dir):
+def scaling_profile_section(out_dir, t5x_step_runs=()):
   """Where a scanned step's extra time goes on CPU (`scaling_benchmark.py profile`), one table
-  per profiled process; '' when nothing was profiled."""
+  per profiled process; '' when nothing was profiled. `t5x_step_runs`: the step runs (numbers)
+  of T5X's scalable_t5, which the text compares with."""
   from studies import xla_profile  # pylint: disable=g-import-not-at-top
   rows = _table(out_dir, 'scaling_profile.csv')
   if not rows:
@@ -345,11 +655,13 @@ def scaling_profile_section(out_dir):
     if not runs or runs[-1][0] != r['process']:
       runs.append((r['process'], []))
     runs[-1][1].append(r)
-  out = [_prose('scaling_profile')]
+  t5x_step = (f' (step run {", ".join(t5x_step_runs)} above)' if t5x_step_runs else '')
+  out = [_prose('scaling_profile', t5x_step=t5x_step)]
   t5x_runs = [str(i) for i, (_, rs) in enumerate(runs, 1) if rs[0]['variant'] == 'scalable_t5']
   if t5x_runs:
     out[0] += (f' Profile run {", ".join(t5x_runs)} profiles T5X\'s scalable_t5 network itself '
                '(`--variants scalable_t5`, with T5X\'s Python): the same kinds of extra work.')
+  readings = []
   for i, (process, rs) in enumerate(runs, 1):
     by = {}
     for r in rs:
@@ -386,24 +698,18 @@ def scaling_profile_section(out_dir):
         else:
           cells.append(f'{_f(val, 1)} | {_f(val / float(u[key]), 3)}x')
       out.append(f'| {label} | ' + ' | '.join(cells) + ' |')
-    reading = []
     added = [k for k in xla_profile.ORDER if k not in ('matmul', xla_profile.OTHER)]
     for c, label in cases:
       if c == 'unrolled' or not base:
         continue
       extra = {k: by[c].get(k, 0.0) - base.get(k, 0.0) for k in xla_profile.ORDER}
-      reading.append(
-          f'{label}: the kinds a scan adds or enlarges (all but matmul and other ops) '
-          f'{sum(extra[k] for k in added):+.1f} core-ms, matmul and other ops '
-          f'{extra["matmul"] + extra[xla_profile.OTHER]:+.1f}, all instructions '
-          f'{sum(extra.values()):+.1f}')
-    if reading:
-      out += ['', 'Reading, per step against unrolled: ' + '; '.join(reading) + '. The matmuls are '
-              'the same work in both programs, yet their core-ms differ: an instruction takes '
-              'longer while another runs on the other core (likely shared memory bandwidth), '
-              'and the programs overlap instructions differently; other ops differ also because '
-              'XLA fuses some elementwise work into the stack writes. So the sums locate the '
-              'scan\'s extra work, and the wall-time ratio, not the sum, is its cost.']
+      readings.append(
+          f'| {i} | {label} | {sum(extra[k] for k in added):+.1f} | '
+          f'{extra["matmul"] + extra[xla_profile.OTHER]:+.1f} | {sum(extra.values()):+.1f} |')
+  if readings:
+    out += ['', _prose('scaling_profile_reading'), '',
+            '| profile run | case | kinds a scan adds or enlarges (all but matmul and other ops) | '
+            'matmul and other ops | all instructions |', '|---:|---|---:|---:|---:|'] + readings
   return '\n'.join(out)
 
 
@@ -419,7 +725,7 @@ def render_readme(out_dir, readme_text):
   t5x_rows = _table(out_dir, 't5x.csv')
   qpath = os.path.join(out_dir, 'quality.json')
   q = json.load(open(qpath)) if os.path.exists(qpath) else None
-  block = '\n'.join(auto_summary(rows, t5x_rows, q).split('\n')[2:]).rstrip('\n')
+  block = auto_summary(rows, t5x_rows, q, out_dir).rstrip('\n')
   block += '\n' + fidelity_summary(out_dir)
   head, rest = readme_text.split(README_BEGIN, 1)
   _, tail = rest.split(README_END, 1)
@@ -427,12 +733,16 @@ def render_readme(out_dir, readme_text):
 
 
 def write_all(out_dir, root):
-  """Writes BENCHMARKS.md and the README's results block; returns the paths written."""
-  path = os.path.join(root, 'BENCHMARKS.md')
-  text = render(out_dir, path)
-  with open(path, 'w') as f:
-    f.write(text)
-  written = [path]
+  """Writes BENCHMARKS.md, docs/scaling.md and the README's results block; returns the paths
+  written."""
+  written = []
+  for path, text in ((os.path.join(root, 'BENCHMARKS.md'), lambda p: render(out_dir, p)),
+                     (os.path.join(root, SCALING_DOC), lambda p: render_scaling(out_dir, root))):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    content = text(path)
+    with open(path, 'w') as f:
+      f.write(content)
+    written.append(path)
   readme = os.path.join(root, 'README.md')
   if os.path.exists(readme):
     old = open(readme).read()
@@ -442,13 +752,6 @@ def write_all(out_dir, root):
         f.write(new)
       written.append(readme)
   return written
-
-
-def write(out_dir, path):
-  text = render(out_dir, path)
-  with open(path, 'w') as f:
-    f.write(text)
-  return path
 
 
 # ------------------------------------------------------------------------------------------------
@@ -565,10 +868,19 @@ def _study_speed_rows(out_dir, speed_rows):
   return speed_rows
 
 
+def _short(verdict):
+  """'reproduced', 'opposite', 'inconclusive', 'not reproduced' (claim (b)'s extra check) or
+  'not yet run', from a verdict text of `_verdict`."""
+  if 'opposite' in verdict:
+    return 'opposite'
+  return verdict.split(' (')[0].strip('*')
+
+
 def _claim_rows(runs, fid, speed_rows):
   """Every claim x LR pair of the fidelity study: paired differences, verdicts, table line."""
   gains, rows = {}, []
   for cid, (statement, v, ref, n_seeds, scale) in fid.CLAIMS.items():
+    statement = CLAIM_STATEMENTS.get(cid, statement)
     for pair_index, (lr, ref_lr) in enumerate(fid.claim_pairs(runs, cid)):
       d_eq, d_time, vl, rl = [], [], [], []
       for seed in range(n_seeds):
@@ -597,20 +909,26 @@ def _claim_rows(runs, fid, speed_rows):
                      f'{ga if ga is not None else float("nan"):.4f}, step {ratio}x)')
       if cid == 'a':
         gains[pair_index] = m
-      tv, _, _ = _verdict(d_time)
-      mt, _ = _mean_std(d_time)
+      tv, mt, tse = _verdict(d_time)
       vm, vs = _mean_std(vl)
       rm, rs = _mean_std(rl)
-      line = (
+      row = dict(cid=cid, v=v, ref=ref, lr=lr, ref_lr=ref_lr, m=m, se=se, n=len(d_eq),
+                 verdict=verdict.split(' (')[0].strip('*'), short=_short(verdict),
+                 time_verdict=_short(tv), time_short=_short(tv), tm=mt, tse=tse, tn=len(d_time))
+      shown, shown_time = verdict, tv
+      if cid in REFERENCE_CLAIMS:  # which model is better, never "reproduced"
+        shown = _verdict_words(row, fid) + (' (a reference model, not an AltUp gain)'
+                                            if row['short'] == 'reproduced' else '')
+        shown_time = _verdict_words(row, fid, time=True)
+      row['line'] = (
           f'| ({cid}) | {statement} | {v} ({lr:g}) vs {ref} ({ref_lr:g}) | eval loss at step '
           f'{fid.FULL_STEPS} | {vm:.4f} +- {vs:.4f} | {rm:.4f} +- {rs:.4f} | '
           f'{" ".join(f"{d:+.4f}" for d in d_eq) or "-"} | '
-          f'{m:+.4f} +- {se:.4f} | {mt:+.4f} ({tv}) | {verdict}'
+          f'{m:+.4f} +- {se:.4f} | {mt:+.4f} +- {tse:.4f} ({shown_time}) | {shown}'
           f'{"" if len(d_eq) >= n_seeds else f" ({len(d_eq)}/{n_seeds} seeds run)"} |'
           .replace('+nan +- nan', 'n/a').replace('nan +- nan', 'not yet run').replace(
               '+nan', 'n/a'))
-      rows.append(dict(cid=cid, v=v, ref=ref, lr=lr, ref_lr=ref_lr, m=m, se=se, n=len(d_eq),
-                       verdict=verdict.split(' (')[0].strip('*'), time_verdict=tv, line=line))
+      rows.append(row)
   return rows
 
 
@@ -812,17 +1130,38 @@ def seed_anomaly_section(out_dir):
   return '\n'.join(out)
 
 
+def _claim_lists(rows, fid, pair, list_inconclusive=True):
+  """The study's outcome as text: `pair(r)` names one claim x LR pair. AltUp's claims by verdict
+  (each reproduced one with its equal wall-clock verdict), then the reference models against
+  AltUp, by which model is better."""
+  altup = [r for r in rows if r['cid'] not in REFERENCE_CLAIMS]
+  said = lambda rs: '; '.join(map(pair, rs)) or 'none'
+  wall = lambda r: (f'{pair(r)}, at equal wall-clock {r["tm"]:+.4f} +- {r["tse"]:.4f}: '
+                    f'{r["time_short"]}')
+  text = (f'AltUp\'s claims reproduced at equal steps (paired eval-loss gain > 2 SE): '
+          f'{"; ".join(map(wall, [r for r in altup if r["short"] == "reproduced"])) or "none"}. '
+          f'The opposite significant: {said([r for r in altup if r["short"] == "opposite"])}. '
+          'Inconclusive: ')
+  unsure = [r for r in altup if r['short'] not in ('reproduced', 'opposite')]
+  if list_inconclusive:
+    text += (', '.join(f'({r["cid"]}) at {r["lr"]:g}/{r["ref_lr"]:g}' for r in unsure)
+             or 'none') + '.'
+  else:
+    text += f'{len(unsure)} of {len(altup)} claim x LR pairs.'
+  for cid in REFERENCE_CLAIMS:
+    rs = [r for r in rows if r['cid'] == cid]
+    if rs:
+      text += (' Reference model against AltUp: ' + '; '.join(
+          f'{pair(r)}: {_verdict_words(r, fid)}; at equal wall-clock {r["tm"]:+.4f} +- '
+          f'{r["tse"]:.4f}: {_verdict_words(r, fid, time=True)}' for r in rs) + '.')
+  return text
+
+
 def _fidelity_reading(rows, runs, fid):
   """One generated paragraph: which claims reproduced at which LRs, and what was tried."""
-  def claim_list(verdict):
-    got = [r for r in rows if r['verdict'] == verdict]
-    return '; '.join(f'({r["cid"]}) {r["v"]} {r["lr"]:g} vs {r["ref"]} {r["ref_lr"]:g}: '
-                     f'{r["m"]:+.4f}' for r in got) or 'none'
-  text = ('**Reading** (generated from the table): reproduced at equal steps: '
-          f'{claim_list("reproduced")}. Not reproduced (the opposite is significant): '
-          f'{claim_list("not reproduced")}. Inconclusive: '
-          + ', '.join(f'({r["cid"]}) at {r["lr"]:g}/{r["ref_lr"]:g}' for r in rows
-                      if r['verdict'] == 'inconclusive') + '.')
+  pair = lambda r: (f'({r["cid"]}) {r["v"]} {r["lr"]:g} vs {r["ref"]} {r["ref_lr"]:g}: '
+                    f'{r["m"]:+.4f}')
+  text = '**Reading** (generated from the table): ' + _claim_lists(rows, fid, pair)
   k2 = {lr: [runs[n]['eval'][-1][2] for n in
              (fid.run_name('study', 'altup_k2', 'rsqrt', lr, s, fid.FULL_STEPS) for s in range(3))
              if n in runs] for lr in fid.LRS}
@@ -844,15 +1183,22 @@ def fidelity_summary(out_dir):
   n = sum(1 for s in planned if s['name'] in runs)
   rows = [r for r in _claim_rows(runs, fid, _study_speed_rows(
       out_dir, _table(out_dir, 'speed.csv'))) if r['n']]
-  said = lambda verdict: '; '.join(
-      f'({r["cid"]}) {r["v"]} vs {r["ref"]} at peak LR {r["lr"]:g}/{r["ref_lr"]:g} '
-      f'{r["m"]:+.4f} +- {r["se"]:.4f} nats ({r["n"]} seeds)'
-      for r in rows if r['verdict'] == verdict) or 'none'
+  return summary_line(rows, fid, n, len(planned),
+                      any('gemma3n' in r['variant'] for r in runs.values()))
+
+
+def summary_line(rows, fid, done, planned, gemma3n_measured=False):
+  """The README's fidelity line from claim rows (`_claim_rows`) and the count of runs done."""
   head = (f'- Fidelity study (the paper\'s claims, seeds, LR sweep, d=64 4+4 layers, '
-          f'{fid.FULL_STEPS} steps): {n} of {len(planned)} planned runs done; ')
+          f'{fid.FULL_STEPS} steps): {done} of {planned} planned runs done. ')
   if not rows:
-    return head + 'verdicts and the quickstart-gap ablation in BENCHMARKS.md, "Fidelity".'
-  return (head + f'reproduced (paired eval-loss gain > 2 SE): {said("reproduced")}. The opposite '
-          f'significant: {said("not reproduced")}. Inconclusive: '
-          f'{sum(r["verdict"] == "inconclusive" for r in rows)} of {len(rows)} claim x LR pairs. '
-          'Table, rule and the quickstart-gap ablation: BENCHMARKS.md, "Fidelity".')
+    return head + 'Verdicts and the quickstart-gap ablation in BENCHMARKS.md, "Fidelity".'
+  pair = lambda r: (f'({r["cid"]}) {r["v"]} vs {r["ref"]} at peak LR {r["lr"]:g}/{r["ref_lr"]:g} '
+                    f'{r["m"]:+.4f} +- {r["se"]:.4f} nats ({r["n"]} seeds)')
+  notes = (' (g1)\'s variant is the dynamic-coefficient one with one router pass per layer '
+           '(`altup_correct_router=\'input\'`: the corrector reuses the predictor\'s router '
+           'output), not Gemma 3n\'s block (gin/altup/gemma3n_k4.gin'
+           + (', not in the study yet' if not gemma3n_measured else '') + ').'
+           if any(r['cid'] == 'g1' for r in rows) else '')
+  return (head + _claim_lists(rows, fid, pair, list_inconclusive=False) + notes +
+          ' Table, rule and the quickstart-gap ablation: BENCHMARKS.md, "Fidelity".')

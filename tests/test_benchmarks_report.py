@@ -127,3 +127,127 @@ def test_fidelity_verdicts_equal_a_numpy_paired_test():
       i for i, p in enumerate(parts) if p == 'ablation')
   checked = {s['variant'] for s in plan if s['part'] == 'lr_check'}
   assert checked == {'altup_k2_same', 'altup_k2_dynamic', 'altup_k2_predicted', 'altup_k2_moe'}
+
+
+def test_scaling_md_is_generated_from_committed_data():
+  with open(os.path.join(ROOT, report.SCALING_DOC)) as f:
+    committed = f.read()
+  assert committed == report.render_scaling(DATA, ROOT), (
+      f'{report.SCALING_DOC} differs from the generator\'s output: run '
+      '`python scripts/benchmark.py report --out benchmarks/` and commit the result')
+
+
+def _headline_cells(text, variant):
+  """The cells of the headline table's row of `variant` (its name in backticks)."""
+  lines = [l for l in text.splitlines() if l.startswith('| ') and f'(`{variant}`)' in l]
+  assert len(lines) == 1, lines
+  return [c.strip() for c in lines[0].strip('|').split(' | ')]
+
+
+def test_headline_costs_equal_the_step_cost_csv():
+  """The headline reads the CPU run of step_cost.csv with the most tokens per batch; its ratios are
+  those of the CSV's raw columns (FLOPs, median time, peak bytes over the baseline's)."""
+  import csv  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(DATA, 'step_cost.csv'), newline='') as f:
+    rows = [r for r in csv.DictReader(f) if r['kind'] == 'train' and r['option'] == 'default'
+            and r['size'] == 'small' and r['device'].startswith('cpu')]
+  tokens = {r['run']: int(r['batch']) * (int(r['inputs']) + int(r['targets'])) for r in rows}
+  run = [name for name in tokens if tokens[name] == max(tokens.values())][-1]
+  by = {r['variant']: r for r in rows if r['run'] == run}
+  text = report.render(DATA, os.path.join(ROOT, 'BENCHMARKS.md'))
+  head = text.split('## What a step costs')[0]
+  assert f'run `{run}`' in head
+  for variant in ('altup_k2', 'altup_k4'):
+    cells = _headline_cells(head, variant)
+    ratio = lambda col: float(by[variant][col]) / float(by['baseline'][col])
+    assert cells[1] == f'{ratio("flops"):.3f}x'
+    assert cells[2] == f'{ratio("median_ms"):.3f}x'
+    assert cells[4] == f'{ratio("peak_bytes"):.3f}x'
+  assert text.index('## Results at a glance') < text.index('## Targets') < text.index(
+      '## Reproducing')
+  assert '## Scaling options' in text and report.SCALING_DOC in text
+  assert '| kind of instruction |' not in text  # the profile tables live in docs/scaling.md
+
+
+def _cost_row(run, device, variant, flops, ms, peak, option='default'):
+  from studies import step_cost  # pylint: disable=g-import-not-at-top
+  row = {k: '' for k in step_cost.COLUMNS}
+  row.update(run=run, date='2026-12-01 10:00', device=device, loadavg='1.0', size='small',
+             batch='8', inputs='512', targets='114', dtype='float32', variant=variant,
+             option=option, kind='train', params='1000', flops=str(flops), peak_bytes=str(peak),
+             compile_s='1', median_ms=str(ms), spread_ms='0', calls='3', ratio='1',
+             flops_ratio='1', tokens_per_s='1', mfu='')
+  return row
+
+
+def test_headline_gpu_column_reads_accelerator_rows_only(tmp_path):
+  from altup_t5x import csv_tables  # pylint: disable=g-import-not-at-top
+  from studies import step_cost  # pylint: disable=g-import-not-at-top
+  cpu = [_cost_row('c', 'cpu:cpu', 'baseline', 100, 200.0, 10),
+         _cost_row('c', 'cpu:cpu', 'altup_k2', 101, 230.0, 12),
+         _cost_row('c', 'cpu:cpu', 'altup_k2', 101, 220.0, 12, option='unfused')]
+  path = str(tmp_path / 'step_cost.csv')
+  csv_tables.write(path, cpu, step_cost.COLUMNS)
+  text = report.headline_section(str(tmp_path), [], '.')
+  assert _headline_cells(text, 'altup_k2')[1:5] == ['1.010x', '1.150x', 'not measured', '1.200x']
+  assert 'step time on a GPU or TPU' in text
+  gpu = [_cost_row('g', 'gpu:NVIDIA H200', 'baseline', 100, 10.0, 10),
+         _cost_row('g', 'gpu:NVIDIA H200', 'altup_k2', 101, 10.5, 12)]
+  csv_tables.write(path, cpu + gpu, step_cost.COLUMNS)
+  text = report.headline_section(str(tmp_path), [], '.')
+  assert _headline_cells(text, 'altup_k2')[1:5] == ['1.010x', '1.150x', '1.050x', '1.200x']
+  assert 'step time on a GPU or TPU' not in text and 'run `g`' in text
+  section = report.step_cost_section(str(tmp_path))
+  assert ('- run `c`: AltUp K=2: fused 1.150x, unfused 1.100x the baseline (fused / unfused 1.045).'
+          in section)
+
+
+def _study_runs():
+  """Synthetic fidelity runs: a sweep (baseline best at 0.03, AltUp K=2 at 0.1), claim (a)
+  reproduced at 0.03/0.03, and the dense 2x reference (g3) better than AltUp K=2 on every seed."""
+  runs = {}
+  def add(variant, lr, seed, steps, loss):
+    s = fidelity.spec('study', variant, 'rsqrt', lr, seed, steps, 'x')
+    runs[s['name']] = dict(s, eval=[[0, 0.0, 7.0], [steps, 1.0, loss]])
+  for v, best in (('baseline', 0.03), ('altup_k2', 0.1), ('recycled_k2', 0.1), ('altup_k4', 0.1)):
+    for lr in fidelity.LRS:
+      add(v, lr, 0, fidelity.SWEEP_STEPS, 3.0 if lr == best else 4.0)
+  for seed, (b, k2, dense) in enumerate([(3.40, 3.38, 3.30), (3.42, 3.39, 3.31),
+                                         (3.41, 3.40, 3.29)]):
+    add('baseline', 0.03, seed, fidelity.FULL_STEPS, b)
+    for lr in (0.03, 0.1):
+      add('altup_k2', lr, seed, fidelity.FULL_STEPS, k2)
+    add('dense_2d', 0.03, seed, fidelity.FULL_STEPS, dense)
+  return runs
+
+
+def test_a_reference_model_beating_altup_is_never_an_altup_gain():
+  rows = [r for r in report._claim_rows(_study_runs(), fidelity, []) if r['n']]
+  g3 = [r for r in rows if r['cid'] == 'g3']
+  assert g3 and all(r['verdict'] == 'reproduced' for r in g3)  # dense 2x is better
+  for text in (report.summary_line(rows, fidelity, 1, 2),
+               report._fidelity_reading(rows, _study_runs(), fidelity)):
+    gains = text.split('reproduced at equal steps')[1].split('The opposite significant')[0]
+    assert '(a) altup_k2' in gains and '(g3)' not in gains
+    reference = text.split('Reference model against AltUp:')[1]
+    assert '(g3) dense_2d' in reference and 'dense_2d better' in reference
+  assert all('dense_2d better (a reference model, not an AltUp gain)' in r['line'] for r in g3)
+
+
+def test_readme_says_each_altup_gain_at_equal_wall_clock():
+  """Each reproduced AltUp claim in the README carries its equal wall-clock verdict; (g3) is not
+  among the gains; (g1) is named as the one-router-pass dynamic variant."""
+  with open(os.path.join(ROOT, 'README.md')) as f:
+    line = next(l for l in f if l.startswith('- Fidelity study'))
+  runs = fidelity.load_runs(DATA)
+  rows = [r for r in report._claim_rows(runs, fidelity, report._study_speed_rows(
+      DATA, report._table(DATA, 'speed.csv'))) if r['n']]
+  gains = line.split('reproduced at equal steps')[1].split('The opposite significant')[0]
+  assert '(g3)' not in gains
+  reproduced = [r for r in rows if r['short'] == 'reproduced' and r['cid'] not in ('g3',)]
+  assert reproduced
+  for r in reproduced:
+    assert (f'({r["cid"]}) {r["v"]} vs {r["ref"]} at peak LR {r["lr"]:g}/{r["ref_lr"]:g} '
+            f'{r["m"]:+.4f}') in gains
+    assert f'at equal wall-clock {r["tm"]:+.4f} +- {r["tse"]:.4f}: {r["time_short"]}' in gains
+  assert "altup_correct_router='input'" in line
