@@ -4,7 +4,7 @@
     python scripts/benchmark.py t5x      --out benchmarks/ --t5x-python PY  # our K=1 vs T5X's network
     python scripts/benchmark.py quality  --out benchmarks/  # loss curves on the embedded corpus
     python scripts/benchmark.py fidelity --out benchmarks/  # the paper-claims study (resumable)
-    python scripts/benchmark.py report   --out benchmarks/  # BENCHMARKS.md + README results block
+    python scripts/benchmark.py report   --out benchmarks/  # BENCHMARKS.md, docs/scaling.md, README results
     python scripts/benchmark.py all      --out benchmarks/  # speed, t5x (if a T5X Python is given), quality
 
 Measurements only write into --out; BENCHMARKS.md is written by `report` alone (or by any command
