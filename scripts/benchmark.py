@@ -58,9 +58,10 @@ def main(argv=None):
   parser.add_argument('--jobs', type=int, default=1,
                       help='fidelity: runs trained at once, each in its own process pinned to one '
                            'CPU core')
-  parser.add_argument('--scale', default='study', choices=['study', 'study_d128'],
-                      help='fidelity: the claims\' model scale (study_d128: twice the width, '
-                           'batch and lengths, for an accelerator)')
+  parser.add_argument('--scale', default='study', choices=['study', 'study_d128', 'study_w128'],
+                      help='fidelity: the claims\' model scale (study_w128: twice the width, '
+                           'the rest as study; study_d128: twice the width, batch and lengths, '
+                           'for an accelerator)')
   args = parser.parse_args(argv)
   if args.quick:
     args.rounds, args.steps = min(args.rounds, 2), min(args.steps, 2)

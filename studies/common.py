@@ -58,6 +58,11 @@ STUDY_VARIANTS = {
                            dict(altup_k=2, altup_layer_input='predicted')),
     'seq_skip_s2': ('stride-and-skip, encoder stride 2', dict(sequence_altup_stride=2,
                                                               sequence_altup_mode='skip')),
+    # gin/altup/gemma3n_k4.gin's settings.
+    'gemma3n_k4': ("Gemma 3n's AltUp block, K=4", dict(
+        altup_k=4, altup_selection='same', altup_layer_input='predicted',
+        altup_coefficients='dynamic', altup_correct_router='output', altup_coef_init='gemma3n',
+        altup_embedding='projected', altup_reduction='unproject')),
 }
 ALL_VARIANTS = {**VARIANTS, **STUDY_VARIANTS}
 

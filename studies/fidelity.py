@@ -61,6 +61,14 @@ SCALES = {
     'study_d128_long': dict(model=dict(emb_dim=128, num_heads=4, head_dim=32, mlp_dim=256,
                                        num_encoder_layers=4, num_decoder_layers=4),
                             batch=16, inputs=512, targets=32, eval_examples=128, eval_every=100),
+    # The second size of the claims: only the width changes (d=128, head_dim 32, mlp 256); the
+    # study's layers, batch, lengths and steps stay (`--scale study_w128`).
+    'study_w128': dict(model=dict(emb_dim=128, num_heads=4, head_dim=32, mlp_dim=256,
+                                  num_encoder_layers=4, num_decoder_layers=4),
+                       batch=16, inputs=64, targets=16, eval_examples=240, eval_every=100),
+    'study_w128_long': dict(model=dict(emb_dim=128, num_heads=4, head_dim=32, mlp_dim=256,
+                                       num_encoder_layers=4, num_decoder_layers=4),
+                            batch=8, inputs=256, targets=16, eval_examples=128, eval_every=100),
     'quickstart': dict(model=dict(emb_dim=128, num_heads=4, head_dim=32, mlp_dim=256,
                                   num_encoder_layers=2, num_decoder_layers=2),
                        batch=16, inputs=64, targets=16, eval_examples=64, eval_every=25),
@@ -118,8 +126,8 @@ STUDY = {'study': 'study', 'study_long': 'study_long'}
 
 
 def use_scale(name):
-  if name not in ('study', 'study_d128'):
-    raise ValueError(f'fidelity --scale must be one of study, study_d128; got {name!r}')
+  if name not in ('study', 'study_d128', 'study_w128'):
+    raise ValueError(f'fidelity --scale must be one of study, study_d128, study_w128; got {name!r}')
   STUDY.update(study=name, study_long=name + '_long')
 
 
