@@ -11,11 +11,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from altup_t5x import scan_convert
-from altup_t5x.config import AltUpConfig
 from altup_t5x.network import Transformer
+from conftest import make_batch, tiny_config
 
-TINY = dict(vocab_size=32, emb_dim=8, num_heads=2, head_dim=4, mlp_dim=12, num_encoder_layers=4,
+# conftest's tiny network, 4 + 4 layers (K=4 alternation reaches every block), random coefficients.
+FIELDS = dict(vocab_size=32, emb_dim=8, num_heads=2, head_dim=4, mlp_dim=12, num_encoder_layers=4,
             num_decoder_layers=4, dropout_rate=0.0, altup_coef_init='normal',
             altup_coef_init_scale=0.3)
 GEMMA3N = dict(altup_k=4, altup_selection='same', altup_layer_input='predicted',
@@ -40,14 +40,8 @@ SETTINGS = {
 }
 
 
-def _data(seed=0, b=2, le=8, ld=5):
-  rng = np.random.RandomState(seed)
-  enc = rng.randint(2, 32, (b, le)).astype(np.int32)
-  enc[1, -2:] = 0
-  targets = rng.randint(2, 32, (b, ld)).astype(np.int32)
-  targets[1, -1] = 0
-  dec_in = np.pad(targets[:, :-1], ((0, 0), (1, 0)))
-  return jnp.asarray(enc), jnp.asarray(dec_in), jnp.asarray(targets)
+def _data(seed=0):
+  return make_batch(seed, le=8, ld=5, vocab=32, low=2)
 
 
 def _loss_and_grads(cfg, params, data):
@@ -78,7 +72,7 @@ DEFAULT = ('k2', 'k4', 'k2_dynamic', 'gemma3n_k4', 'k2_moe', 'k2_sequence_s2', '
 @pytest.mark.parametrize('name', [pytest.param(n, marks=() if n in DEFAULT else pytest.mark.slow)
                                   for n in sorted(SETTINGS)])
 def test_fused_equals_unfused(name):
-  fused = AltUpConfig(**dict(TINY, **SETTINGS[name]))
+  fused = tiny_config(**{**FIELDS, **SETTINGS[name]})
   unfused = fused.replace(altup_fused_updates=False)
   data = _data()
   params = _params(fused, data)
@@ -97,7 +91,7 @@ def test_fused_equals_unfused(name):
 
 def _bf16_error(settings, seed):
   """RMS of (bfloat16 logits - float32 logits) / RMS of the float32 logits, same parameters."""
-  cfg = AltUpConfig(**dict(TINY, **settings))
+  cfg = tiny_config(**{**FIELDS, **settings})
   data = _data(seed)
   params = jax.jit(lambda: Transformer(cfg).init(jax.random.PRNGKey(seed), *data,
                                                   enable_dropout=False))()['params']

@@ -24,11 +24,13 @@ from altup_t5x import altup, network, scan_convert, upcycle
 from altup_t5x.config import AltUpConfig, ConfigError
 from altup_t5x.network import Transformer
 import numpy_reference as ref  # tests/numpy_reference.py
+from conftest import make_batch, tiny_config
 
 K, D = 4, 8
 GEMMA3N = dict(altup_k=4, altup_selection='same', altup_layer_input='predicted',
                altup_coefficients='dynamic', altup_correct_router='output',
                altup_embedding='projected', altup_reduction='unproject', altup_coef_clip=120.0)
+# conftest's tiny network with 4 + 4 layers and d=8 (K=4 streams of a d-wide embedding).
 TINY = dict(vocab_size=24, emb_dim=D, num_heads=2, head_dim=4, mlp_dim=12, num_encoder_layers=4,
             num_decoder_layers=4, dropout_rate=0.0)
 
@@ -95,7 +97,7 @@ CLIP = 0.4  # clips some of the random weights, so the clip itself is checked
 
 
 def _cfg(**kw):
-  return AltUpConfig(**dict(TINY, **dict(GEMMA3N, altup_coef_clip=CLIP), **kw))
+  return tiny_config(**{**TINY, **GEMMA3N, 'altup_coef_clip': CLIP, **kw})
 
 
 def test_router_predict_and_correct_coefficients_match_gemma3n():
@@ -166,13 +168,8 @@ def test_one_predict_compute_correct_step_matches_gemma3n(fused):
   assert err < 1e-5
 
 
-def _data(seed=0, b=2, le=7, ld=5):
-  rng = np.random.RandomState(seed)
-  enc = rng.randint(2, TINY['vocab_size'], (b, le)).astype(np.int32)
-  enc[1, -2:] = 0
-  targets = rng.randint(2, TINY['vocab_size'], (b, ld)).astype(np.int32)
-  dec_in = np.pad(targets[:, :-1], ((0, 0), (1, 0)))
-  return jnp.asarray(enc), jnp.asarray(dec_in), jnp.asarray(targets)
+def _data(seed=0):
+  return make_batch(seed, le=7, ld=5, vocab=TINY['vocab_size'], low=2)
 
 
 def _random_params(cfg, data, seed=0):
@@ -204,7 +201,7 @@ def test_gemma3n_network_matches_numpy_reference(fused):
 
 
 def test_identity_initialised_gemma3n_model_equals_its_dense_model():
-  cfg = AltUpConfig(**dict(TINY, **GEMMA3N))
+  cfg = tiny_config(**{**TINY, **GEMMA3N})
   dense_cfg = upcycle.dense_config_of(cfg)
   data = _data(1)
   dense = flax.core.unfreeze(Transformer(dense_cfg).init(jax.random.PRNGKey(0), *data,
@@ -258,11 +255,11 @@ def test_gemma3n_cached_decode_equals_full_forward():
 
 def test_gemma3n_options_are_checked():
   with pytest.raises(ConfigError, match="altup_correct_router='middle'.*'input', 'output'"):
-    AltUpConfig(**TINY, altup_k=2, altup_correct_router='middle')
+    tiny_config(**TINY, altup_k=2, altup_correct_router='middle')
   with pytest.raises(ConfigError, match="altup_coef_init='gemma3n'.*altup_coefficients='dynamic'"):
-    AltUpConfig(**TINY, altup_k=2, altup_coef_init='gemma3n')
+    tiny_config(**TINY, altup_k=2, altup_coef_init='gemma3n')
   # 'gemma3n' initialisation: W_p ~ N(0, 1e-4), W_g ~ N(0, 1e-2), as Gemma 3n's AltUp.
-  cfg = AltUpConfig(**dict(TINY, **GEMMA3N, emb_dim=64, altup_coef_init='gemma3n'))
+  cfg = tiny_config(**{**TINY, **GEMMA3N, 'emb_dim': 64, 'altup_coef_init': 'gemma3n'})
   params = network.DynamicAltUpCoefficients(cfg).init(jax.random.PRNGKey(0),
                                                       jnp.ones((1, 1, 64)))['params']
   assert 0.5e-4 < float(jnp.std(params['predict'])) < 2e-4
