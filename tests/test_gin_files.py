@@ -12,6 +12,7 @@ import glob
 import importlib.util
 import os
 import re
+import shlex
 import subprocess
 import sys
 
@@ -44,6 +45,7 @@ SIZE_FILES = [p for p in _rel('gin/t5_1_1/*.gin') if p != ARCH]
 VARIANT_FILES = _rel('gin/altup/*.gin')
 MODEL_FILES = _rel('gin/models/*.gin')
 CONFIG_FILES = _rel('configs/*/*.gin')
+TEST_SPLIT_CONFIGS = _rel('configs/infer/*_test.gin')
 OWN_GIN_FILES = [p for p in _rel('gin/**/*.gin') if not p.startswith('gin/runner/')]
 RUN_GINS = ('pretrain', 'finetune', 'eval', 'infer')
 SCRIPT_OF_RUN = {'pretrain': 'train', 'finetune': 'train', 'eval': 'eval', 'infer': 'infer'}
@@ -144,6 +146,33 @@ def _includes(path):
 def _macro(path, name):
   m = re.search(rf'^{name} = (.+)$', open(os.path.join(REPO, path)).read(), re.M)
   return m and m.group(1).strip()
+
+
+def _bound_macro(path, name):
+  """The macro's value as gin binds it from `path` and this repository's files it includes: the
+  last binding in the text with each include expanded in place (T5X's run gins, which bind no
+  task name of ours, are not followed)."""
+  value = None
+  for line in open(os.path.join(REPO, path)).read().splitlines():
+    inc = re.match(r"^include '([^']+)'", line)
+    if inc and not inc.group(1).startswith('t5x/'):
+      value = _bound_macro(inc.group(1), name) or value
+    m = re.match(rf'^{name} = (.+)$', line)
+    if m:
+      value = m.group(1).strip()
+  return value
+
+
+def _header_commands(path):
+  """The shell commands of a config's header, each as its argv (continuation lines joined)."""
+  header = open(os.path.join(REPO, path)).read().split('from __gin__')[0]
+  commands = []
+  for line in header.splitlines():
+    if line.startswith('#     ') and commands:
+      commands[-1] += ' ' + line[len('#     '):]
+    elif line.startswith('#   ') and not line.startswith('#    '):
+      commands.append(line[len('#   '):])
+  return [shlex.split(c.replace(' \\ ', ' ').rstrip(' \\')) for c in commands]
 
 
 # ------------------------- The architecture layer (no T5X needed) -------------------------------
@@ -256,6 +285,10 @@ def test_there_is_a_config_per_paper_experiment():
       for bench in ('glue', 'super_glue', 'squad', 'trivia_qa'):
         for kind in ('finetune', 'eval', 'infer'):
           assert f'configs/{kind}/{bench}_{size}_{variant}.gin' in CONFIG_FILES
+  # Test-split inference only where a leaderboard takes the predictions (altup_t5x.leaderboard).
+  assert TEST_SPLIT_CONFIGS == sorted(
+      f'configs/infer/{bench}_{size}_{variant}_test.gin' for bench in ('glue', 'super_glue')
+      for size in sizes for variant in variants)
 
 
 def _run_gin(path):
@@ -303,8 +336,43 @@ def test_config_task_names_are_registered():
   seqio = pytest.importorskip('seqio')
   import altup_t5x.data.tasks  # pylint: disable=g-import-not-at-top,unused-import
   names = set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
-  used = {eval(_macro(p, 'MIXTURE_OR_TASK_NAME')) for p in CONFIG_FILES}  # pylint: disable=eval-used
+  used = {p: _bound_macro(p, 'MIXTURE_OR_TASK_NAME') for p in CONFIG_FILES}
+  assert all(used.values()), [p for p, v in used.items() if not v]
+  used = {eval(v) for v in used.values()}  # pylint: disable=eval-used
   assert used and used <= names, used - names
+
+
+@pytest.mark.parametrize('path', TEST_SPLIT_CONFIGS)
+def test_test_split_config_layers_on_its_validation_config(path):
+  """A test-split config is its validation config with the benchmark's test gin after the run gin
+  (so that the test gin's split and mixture win) and no split or mixture of its own; its header
+  runs t5x.infer, copies INFER_OUTPUT_DIR out of the bucket and exports that copy for the
+  benchmark's leaderboard, with flags altup_t5x.leaderboard's own parser accepts."""
+  from altup_t5x import leaderboard as lb  # pylint: disable=g-import-not-at-top
+  name = os.path.basename(path)[:-len('_test.gin')]
+  bench = next(b for b in ('super_glue', 'glue') if name.startswith(b + '_'))
+  validation = f'configs/infer/{name}.gin'
+  includes = _includes(path)
+  assert includes == _includes(validation) + [lb.TEST_GINS[bench]]
+  text = open(os.path.join(REPO, path)).read()
+  assert 'MIXTURE_OR_TASK_NAME' not in text.split('from __gin__')[1]
+  assert 'DatasetConfig.split' not in text
+  assert eval(_bound_macro(path, 'MIXTURE_OR_TASK_NAME')) == lb.TEST_MIXTURES[bench]  # pylint: disable=eval-used
+  for macro in ('TASK_FEATURE_LENGTHS', 'DROPOUT_RATE', 'SCAN_LAYERS', 'REMAT_POLICY'):
+    assert _macro(path, macro) == _macro(validation, macro), macro
+  assert (re.findall(r'^partitioning\..*$', text, re.M)
+          == re.findall(r'^partitioning\..*$', open(os.path.join(REPO, validation)).read(), re.M))
+  infer, copy_cmd, export = _header_commands(path)
+  assert infer[:3] == ['python', '-m', 't5x.infer']
+  out_dir = next(a.split('=', 1)[1] for a in infer if a.startswith('--gin.INFER_OUTPUT_DIR='))
+  out_dir = out_dir.strip("'")
+  assert out_dir == f'gs://${{BUCKET}}/altup/infer_test/{name}'
+  assert copy_cmd == ['gsutil', '-m', 'cp', '-r', out_dir, '.']
+  assert export[:3] == ['python', '-m', 'altup_t5x.leaderboard']
+  args = lb._parser().parse_args(export[3:])  # pylint: disable=protected-access
+  assert args.benchmark == bench
+  assert args.predictions == [os.path.basename(out_dir)]  # the directory gsutil copied here
+  assert args.output == f'{name}.zip'
 
 
 # ------------------------- Under T5X ------------------------------------------------------------
@@ -340,6 +408,22 @@ def test_config_parses_under_t5x(path, monkeypatch):
   rules = _configured('adafactor.Adafactor.logical_factor_rules')
   assert set(altup_partitioning.ALTUP_FACTOR_RULES) <= set(rules)
   assert 'vocab' in rules  # T5X's standard rules are kept, not replaced
+
+
+@requires_t5x
+@pytest.mark.parametrize('path', TEST_SPLIT_CONFIGS)
+def test_test_split_config_parses_under_t5x_for_the_leaderboard(path, monkeypatch):
+  """As t5x.infer parses it: the test split, the benchmark's test mixture and T5X's writer told to
+  keep the example ids that altup_t5x.leaderboard reads."""
+  from altup_t5x import leaderboard as lb  # pylint: disable=g-import-not-at-top
+  bench = 'super_glue' if os.path.basename(path).startswith('super_glue_') else 'glue'
+  monkeypatch.chdir(REPO)
+  _parse_like_t5x(path, monkeypatch, _required_bindings(path))
+  assert gin.query_parameter('utils.DatasetConfig.split') == 'test'
+  assert gin.query_parameter('MIXTURE_OR_TASK_NAME/macro.value') == lb.TEST_MIXTURES[bench]
+  fields = gin.query_parameter('write_inferences_to_file.input_fields_to_include')
+  assert set(lb.MULTIRC_IDS + lb.RECORD_IDS + ('idx',)) <= set(fields)
+  assert gin.query_parameter('infer.write_fn').selector == 'infer_script.write_inferences_to_file'
 
 
 @requires_t5x
