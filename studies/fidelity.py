@@ -61,14 +61,6 @@ SCALES = {
     'study_d128_long': dict(model=dict(emb_dim=128, num_heads=4, head_dim=32, mlp_dim=256,
                                        num_encoder_layers=4, num_decoder_layers=4),
                             batch=16, inputs=512, targets=32, eval_examples=128, eval_every=100),
-    # The second size of the claims: only the width changes (d=128, head_dim 32, mlp 256); the
-    # study's layers, batch, lengths and steps stay (`--scale study_w128`).
-    'study_w128': dict(model=dict(emb_dim=128, num_heads=4, head_dim=32, mlp_dim=256,
-                                  num_encoder_layers=4, num_decoder_layers=4),
-                       batch=16, inputs=64, targets=16, eval_examples=240, eval_every=100),
-    'study_w128_long': dict(model=dict(emb_dim=128, num_heads=4, head_dim=32, mlp_dim=256,
-                                       num_encoder_layers=4, num_decoder_layers=4),
-                            batch=8, inputs=256, targets=16, eval_examples=128, eval_every=100),
     'quickstart': dict(model=dict(emb_dim=128, num_heads=4, head_dim=32, mlp_dim=256,
                                   num_encoder_layers=2, num_decoder_layers=2),
                        batch=16, inputs=64, targets=16, eval_examples=64, eval_every=25),
@@ -79,6 +71,13 @@ SCALES = {
                              num_encoder_layers=1, num_decoder_layers=1),
                   batch=4, inputs=32, targets=8, eval_examples=8, eval_every=4),
 }
+# The second size of the claims (`--scale study_w128`): 'study' and 'study_long' with only the
+# width doubled (d=128, head_dim 32, mlp 256); layers, batch, lengths and steps stay.
+WIDTH_128 = dict(emb_dim=128, head_dim=32, mlp_dim=256)
+for _name in ('study', 'study_long'):
+  SCALES[_name.replace('study', 'study_w128')] = dict(
+      SCALES[_name], model=dict(SCALES[_name]['model'], **WIDTH_128))
+del _name
 VOCAB_SIZE = 1100
 FULL_STEPS = 1500
 SWEEP_STEPS = 300
