@@ -4,6 +4,7 @@
     python scripts/benchmark.py t5x      --out benchmarks/ --t5x-python PY  # our K=1 vs T5X's network
     python scripts/benchmark.py quality  --out benchmarks/  # loss curves on the embedded corpus
     python scripts/benchmark.py fidelity --out benchmarks/  # the paper-claims study (resumable)
+    python scripts/benchmark.py sizes    --out benchmarks/ --jobs 2  # the claims at d=64 and d=128
     python scripts/benchmark.py report   --out benchmarks/  # BENCHMARKS.md, docs/scaling.md, README results
     python scripts/benchmark.py all      --out benchmarks/  # speed, t5x (if a T5X Python is given), quality
 
@@ -11,7 +12,7 @@ Measurements only write into --out; BENCHMARKS.md is written by `report` alone (
 given --write-report). The T5X comparison runs under the Python of an environment where T5X is
 installed: `--t5x-python PATH` or the environment variable ALTUP_T5X_PYTHON.
 `--quick` shrinks every part to a smoke run (seconds to a minute; numbers meaningless).
-Method and measured quantities: the docstrings of `studies/{speed,quality,fidelity}.py`.
+Method and measured quantities: the docstrings of `studies/{speed,quality,fidelity,sizes}.py`.
 """
 import argparse
 import importlib.util
@@ -36,7 +37,8 @@ EXPECTED_DURATION = (
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('command', choices=['speed', 't5x', 'quality', 'fidelity', 'report', 'all'])
+  parser.add_argument('command',
+                      choices=['speed', 't5x', 'quality', 'fidelity', 'sizes', 'report', 'all'])
   parser.add_argument('--out', default=os.path.join(ROOT, 'benchmarks'))
   parser.add_argument('--quick', action='store_true', help='smoke-test sizes (numbers meaningless)')
   parser.add_argument('--write-report', action='store_true',
@@ -51,7 +53,8 @@ def main(argv=None):
   parser.add_argument('--seeds', type=int, default=3, help='quality: seeds per variant')
   parser.add_argument('--train_steps', type=int, default=0, help='quality: steps (0 = default)')
   parser.add_argument('--parts', default='',
-                      help='fidelity: comma-separated subset of sweep,a,ablation,b,c,d,e,f,g1,g2,g3')
+                      help='fidelity: comma-separated subset of sweep,a,ablation,b,c,d,e,f,g1,g2,g3; '
+                           'sizes: of sweep1500,sizes,remedies')
   parser.add_argument('--max-minutes', type=float, default=None,
                       help='fidelity: start no new run after this many minutes')
   parser.add_argument('--plan', action='store_true', help='fidelity: list the runs, run nothing')
@@ -115,12 +118,27 @@ def main(argv=None):
     quality.write_quality_csv(os.path.join(args.out, 'quality.csv'), results)
     quality.plot_quality(results, args.out)
     common.write_meta(args.out, 'quality')
-  if args.command == 'fidelity':
+  if args.command in ('fidelity', 'sizes'):
     from studies import fidelity  # pylint: disable=g-import-not-at-top
+    from studies import sizes  # pylint: disable=g-import-not-at-top
     parts = [p for p in args.parts.split(',') if p] or None
-    fidelity.use_scale(args.scale)
+    known = sizes.PARTS if args.command == 'sizes' else (
+        'sweep', 'ablation', fidelity.LR_CHECK_PART, *fidelity.CLAIMS)
+    if parts and set(parts) - set(known):
+      sys.exit(f'ERROR: --parts {args.parts!r}: unknown part(s) {sorted(set(parts) - set(known))}; '
+               f'`{args.command}` has {", ".join(known)}')
+    if args.command == 'fidelity':
+      fidelity.use_scale(args.scale)
+    elif args.quick:
+      sys.exit('ERROR: `sizes` has no --quick mode (its runs are the full study\'s); the study\'s '
+               'smoke test is `fidelity --quick`')
+    plan_fn = sizes.plan if args.command == 'sizes' else fidelity.plan
+    if (args.command == 'sizes' and not args.plan and not args.quick and
+        not os.path.exists(os.path.join(args.out, sizes.SPEED_CSV))):
+      # Before any worker starts: the step-time ratios want the cores to themselves.
+      sizes.measure_speed(args.out, log=lambda m: print(m, flush=True))
     if args.jobs > 1 and not args.plan:
-      cmd = [sys.executable, os.path.abspath(__file__), 'fidelity', '--out', args.out,
+      cmd = [sys.executable, os.path.abspath(__file__), args.command, '--out', args.out,
              '--scale', args.scale, '--jobs', '1'] + (['--parts', args.parts] if parts else []) + (
                  ['--max-minutes', str(args.max_minutes)] if args.max_minutes else []) + (
                      ['--quick'] if args.quick else [])
@@ -133,12 +151,16 @@ def main(argv=None):
         time.sleep(5)  # staggered: the first worker builds the data cache
       rcs = [p.wait() for p in procs]
       if any(rcs):
-        sys.exit(f'ERROR: fidelity workers exited with {rcs}')
+        sys.exit(f'ERROR: {args.command} workers exited with {rcs}')
     elif args.plan:
       runs = fidelity.load_runs(args.out)
-      for s in fidelity.plan(runs, args.quick):
+      for s in plan_fn(runs, args.quick):
         if not parts or s['part'] in parts:
-          print(f'{"done" if s["name"] in runs else "todo"}  {s["part"]:8s} {s["name"]}')
+          state = 'done' if s['name'] in runs else ('todo' if s.get('ready', True) else 'wait')
+          print(f'{state}  {s["part"]:9s} {s["name"]}')
+    elif args.command == 'sizes':
+      sizes.run(args.out, parts, args.max_minutes, log=lambda m: print(m, flush=True))
+      fidelity.write_outputs(args.out)
     else:
       fidelity.run_study(args.out, parts, args.max_minutes, args.quick,
                          log=lambda m: print(m, flush=True))

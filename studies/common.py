@@ -63,8 +63,17 @@ STUDY_VARIANTS = {
         altup_k=4, altup_selection='same', altup_layer_input='predicted',
         altup_coefficients='dynamic', altup_correct_router='output', altup_coef_init='gemma3n',
         altup_embedding='projected', altup_reduction='unproject')),
+    # Recycled-AltUp with its blocks' symmetry broken (studies.sizes, `remedies`): coefficients
+    # started at I + N(0, 0.3) noise, or trained at 10x the LR (COEF_LR_SCALE).
+    'recycled_k2_noise': ('Recycled-AltUp K=2, coefficients initialised I + N(0, 0.3)', dict(
+        altup_k=2, altup_embedding='recycled', altup_coef_init='normal',
+        altup_coef_init_scale=0.3)),
+    'recycled_k2_coef_lr10': ('Recycled-AltUp K=2, coefficients at 10x the LR',
+                              dict(altup_k=2, altup_embedding='recycled')),
 }
 ALL_VARIANTS = {**VARIANTS, **STUDY_VARIANTS}
+# Variants whose AltUp coefficients train at a multiple of the LR (fidelity.study_optimizer).
+COEF_LR_SCALE = {'recycled_k2_coef_lr10': 10.0}
 
 SPEED_VARIANTS = {
     'tiny': list(VARIANTS),

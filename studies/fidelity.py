@@ -36,8 +36,8 @@ from altup_t5x import optimizers
 from altup_t5x.config import AltUpConfig
 from altup_t5x.models import count_params
 from altup_t5x.network import Transformer
-from studies.common import (ALL_VARIANTS, FLOAT_FORMAT, init_params, make_config_from,
-                            make_eval_sums, make_train_step)
+from studies.common import (ALL_VARIANTS, COEF_LR_SCALE, FLOAT_FORMAT, init_params,
+                            make_config_from, make_eval_sums, make_train_step)
 
 # Model and run shapes. 'study' is the scale of the claims; 'quickstart' and 'quality' reproduce
 # the two earlier comparisons for the gap ablation; 'quick' is a smoke test (numbers meaningless).
@@ -252,6 +252,28 @@ def _schedule(schedule, lr):
                                            warmup_steps=WARMUP)
 
 
+def _is_coefficient(path) -> bool:
+  """AltUp's own parameters (predictor, corrector, routers, stream maps): modules named altup_*."""
+  return any(str(getattr(k, 'key', '')).startswith('altup_') for k in path)
+
+
+def study_optimizer(variant, schedule, lr):
+  """Adafactor (T5X's defaults) at the schedule; a variant in common.COEF_LR_SCALE trains its
+  AltUp coefficients at that multiple of the LR (Adafactor's update scaled for those parameters)."""
+  import optax  # pylint: disable=g-import-not-at-top
+  optimizer = optimizers.adafactor(_schedule(schedule, lr))
+  factor = COEF_LR_SCALE.get(variant, 1.0)
+  if factor == 1.0:
+    return optimizer
+
+  def update(grads, state, params=None):
+    updates, state = optimizer.update(grads, state, params)
+    return jax.tree_util.tree_map_with_path(
+        lambda path, u: u * factor if _is_coefficient(path) else u, updates), state
+
+  return optax.GradientTransformation(optimizer.init, update)
+
+
 _DATA = {}
 
 
@@ -274,7 +296,7 @@ def train_run(s, out, log=print) -> dict:
   cfg = make_config_from(AltUpConfig(vocab_size=VOCAB_SIZE, dropout_rate=0.0, **sc['model']),
                          s['variant'])
   module = Transformer(config=cfg)
-  optimizer = optimizers.adafactor(_schedule(s['schedule'], s['lr']))
+  optimizer = study_optimizer(s['variant'], s['schedule'], s['lr'])
   train_step = jax.jit(make_train_step(module, optimizer), donate_argnums=(0, 1))
 
   eval_sums = make_eval_sums(module)
@@ -369,19 +391,30 @@ def _live_locks(out):
   return live
 
 
-def run_study(out, parts=None, max_minutes=None, quick=False, log=print) -> List[str]:
+def _sweep_gate(s, full_plan, runs) -> bool:
+  """This study's readiness: claim runs wait for the whole learning-rate sweep."""
+  sweep_left = [p for p in full_plan if p['part'] == 'sweep' and p['name'] not in runs]
+  return not sweep_left or s['part'] in ('sweep', 'ablation')
+
+
+def run_study(out, parts=None, max_minutes=None, quick=False, log=print, plan_fn=None,
+              ready_fn=None) -> List[str]:
   """Runs the missing runs of the plan (only `parts`, if given) in priority order, caching each.
 
   Several workers may run at once on one cache (`--jobs N`): each claims a run with a lock file.
   Claim runs wait for the learning-rate sweep (their LR depends on it); meanwhile a worker takes
-  sweep or ablation runs, or waits for the other workers' sweep runs to finish.
+  sweep or ablation runs, or waits for the other workers' sweep runs to finish. `plan_fn(runs,
+  quick)` and `ready_fn(spec, plan, runs)` replace this study's plan and readiness rule (the
+  two-size study, `studies.sizes`, runs through here).
   """
+  plan_fn = plan_fn or plan
+  ready_fn = ready_fn or _sweep_gate
   os.makedirs(runs_dir(out), exist_ok=True)
   t0 = time.time()
   done = []
   while True:
     runs = load_runs(out)
-    full_plan = plan(runs, quick)
+    full_plan = plan_fn(runs, quick)
     todo = [s for s in full_plan if s['name'] not in runs and (not parts or s['part'] in parts)]
     if not todo:
       log('fidelity: nothing left to run' + (f' in parts {parts}' if parts else ''))
@@ -389,14 +422,13 @@ def run_study(out, parts=None, max_minutes=None, quick=False, log=print) -> List
     if max_minutes is not None and time.time() - t0 > 60 * max_minutes:
       log(f'fidelity: time budget of {max_minutes} min spent; {len(todo)} runs left')
       break
-    sweep_left = [s for s in full_plan if s['part'] == 'sweep' and s['name'] not in runs]
-    ready = [s for s in todo if not sweep_left or s['part'] in ('sweep', 'ablation')]
+    ready = [s for s in todo if ready_fn(s, full_plan, runs)]
     lock_of = lambda s: os.path.join(runs_dir(out), s['name'] + '.lock')
     s = next((s for s in ready if _try_lock(lock_of(s))), None)
     if s is None:
       if not _live_locks(out):
         log('fidelity: the claim runs wait for the learning-rate sweep, which no worker is running: '
-            'add `sweep` to --parts')
+            'add `sweep` (sizes: `sweep1500`) to --parts')
         break
       time.sleep(10)  # other workers hold every ready run (e.g. the last sweep runs)
       continue
@@ -404,7 +436,7 @@ def run_study(out, parts=None, max_minutes=None, quick=False, log=print) -> List
       if s['name'] in load_runs(out):  # finished by another worker since we listed
         continue
       log(f'fidelity: run {s["name"]} (part {s["part"]}; {len(todo)} left in this selection)')
-      rec = train_run(s, out, log)
+      rec = train_run({k: v for k, v in s.items() if k != 'ready'}, out, log)
       path = os.path.join(runs_dir(out), s['name'] + '.json')
       with open(path + '.tmp', 'w') as f:
         json.dump(rec, f)
@@ -430,7 +462,11 @@ def csv_rows(runs) -> List[dict]:
   rows = []
   for r in sorted(runs.values(), key=lambda r: (r['part'], r['variant'], r['lr'], r['seed'])):
     claims = [r['part']]
-    if r['part'] not in ('sweep', 'ablation'):  # a run can serve several claims
+    if r['part'] == 'sizes':  # the two-size study's claims (studies.sizes)
+      from studies import sizes  # pylint: disable=g-import-not-at-top
+      claims = [f'sizes:{c}' for c, (_, v, ref) in sizes.CLAIMS.items()
+                if r['variant'] in (v, ref)] or claims
+    elif r['part'] not in ('sweep', 'ablation', 'sweep1500', 'remedies'):  # several claims
       claims = [c for c, (_, v, ref, _, _) in CLAIMS.items() if r['variant'] in (v, ref)] or claims
     for claim in claims:
       for step, sec, loss in r['eval']:

@@ -289,10 +289,17 @@ def headline_section(out_dir, speed_rows, rel):
   missing = []
   if not acc:
     missing.append('step time on a GPU or TPU (every step cost is a CPU measurement)')
-  scales = {r['scale'] for r in runs.values()}
-  if not scales & {'study_d128', 'study_d128_long'}:
-    missing.append('quality at any second model size (every claim was trained at the `study` '
-                   'scale only; `--scale study_d128` has not been run)')
+  from studies import sizes  # pylint: disable=g-import-not-at-top
+  size_rows = [r for r in sizes.claim_rows(runs, sizes.speed_ratios(out_dir)) if r['n'] >= 2]
+  if not {r['size'] for r in size_rows} >= {s for s, _ in sizes.SIZES}:
+    missing.append('quality at a second model size (section "Two model sizes": not yet run)')
+  else:
+    trends = [(cid, sizes.trend(size_rows, cid, 'own')) for cid in sizes.CLAIMS]
+    scale += (' A second size (section "Two model sizes"): gain of each claim at equal steps, '
+              'own LRs, ' + '; '.join(
+                  f'({cid}) {t["first"]["m"]:+.4f} at d={fid.SCALES[sizes.SIZES[0][1]]["model"]["emb_dim"]} -> '
+                  f'{t["second"]["m"]:+.4f} at d={fid.SCALES[sizes.SIZES[1][1]]["model"]["emb_dim"]} '
+                  f'({t["word"]})' for cid, t in trends if t) + '.')
   if not any('gemma3n' in r['variant'] for r in runs.values()):
     missing.append('the quality of Gemma 3n\'s block (gin/altup/gemma3n_k4.gin)')
   unmeasured = ('**Not measured:** ' + '; '.join(missing) + '.') if missing else ''
@@ -525,7 +532,12 @@ def render(out_dir, path):
                 step_cost=step_cost_section(out_dir), targets=target_section(rows, t5x_rows),
                 explanations=explanations, speed=speed_section(rows, meta),
                 t5x=t5x_section(t5x_rows), quality=quality_section(q),
-                fidelity=fidelity_section(out_dir, rows, rel))
+                fidelity=fidelity_section(out_dir, rows, rel), sizes=_sizes_section(out_dir, rel))
+
+
+def _sizes_section(out_dir, rel):
+  from studies import sizes  # pylint: disable=g-import-not-at-top
+  return sizes.section(out_dir, rel)
 
 
 def render_scaling(out_dir, root):
@@ -727,6 +739,8 @@ def render_readme(out_dir, readme_text):
   q = json.load(open(qpath)) if os.path.exists(qpath) else None
   block = auto_summary(rows, t5x_rows, q, out_dir).rstrip('\n')
   block += '\n' + fidelity_summary(out_dir)
+  from studies import sizes  # pylint: disable=g-import-not-at-top
+  block += '\n' + sizes.summary_line(out_dir)
   head, rest = readme_text.split(README_BEGIN, 1)
   _, tail = rest.split(README_END, 1)
   return f'{head}{README_BEGIN}\n{block}\n{README_END}{tail}'

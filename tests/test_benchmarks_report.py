@@ -86,7 +86,7 @@ def test_fidelity_claims_wait_for_the_sweep(tmp_path):
   """Without the sweep in --parts and no worker running it, claim runs stop with a message."""
   msgs = []
   assert fidelity.run_study(str(tmp_path), parts=['a'], log=msgs.append) == []
-  assert 'add `sweep` to --parts' in msgs[-1]
+  assert 'add `sweep`' in msgs[-1] and 'to --parts' in msgs[-1]
 
 
 def test_fidelity_verdicts_equal_a_numpy_paired_test():
