@@ -257,12 +257,13 @@ def _is_coefficient(path) -> bool:
   return any(str(getattr(k, 'key', '')).startswith('altup_') for k in path)
 
 
-def study_optimizer(variant, schedule, lr):
-  """Adafactor (T5X's defaults) at the schedule; a variant in common.COEF_LR_SCALE trains its
-  AltUp coefficients at that multiple of the LR (Adafactor's update scaled for those parameters)."""
+def study_optimizer(variant, schedule, lr, coef_lr_scale=None):
+  """Adafactor (T5X's defaults) at the schedule; a variant in common.COEF_LR_SCALE (or any, with
+  `coef_lr_scale`) trains its AltUp coefficients at that multiple of the LR (Adafactor's update
+  scaled for those parameters)."""
   import optax  # pylint: disable=g-import-not-at-top
   optimizer = optimizers.adafactor(_schedule(schedule, lr))
-  factor = COEF_LR_SCALE.get(variant, 1.0)
+  factor = COEF_LR_SCALE.get(variant, 1.0) if coef_lr_scale is None else float(coef_lr_scale)
   if factor == 1.0:
     return optimizer
 

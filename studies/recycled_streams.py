@@ -2,6 +2,7 @@
 
     python -m studies.recycled_streams                         # identity init, peak LR 0.03
     python -m studies.recycled_streams --coef_init normal --coef_init_scale 0.3
+    python -m studies.recycled_streams --scale study_w128 --coef_lr_scale 10   # d=128, 10x coef LR
 
 Recycled-AltUp starts with K identical blocks (the d-wide embedding replicated). With identity
 coefficients (p = I, g = 1) every block gets the same update, and while the blocks are equal the
@@ -9,7 +10,7 @@ gradient of p[i, j] = <dL/dxhat^i, x^j> is the same for every j: p can only move
 (each block rescaled by a common vector), so the blocks stay proportional to each other except
 where the active block's own layer path breaks the symmetry. This trains one Recycled K=2 model
 at the fidelity study's scale (d=64, 4+4 layers, batch 16 x 64/16, T5X's rsqrt schedule, the
-embedded corpus) and reports, at the probe steps, for the encoder's last stream (the blocks
+embedded corpus; `--scale study_w128`: d=128) and reports, at the probe steps, for the encoder's last stream (the blocks
 entering the reduction, on 8 validation rows):
 
   diff        |x^1 - x^2| / |x^1|              (0: identical blocks)
@@ -27,13 +28,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from altup_t5x import csv_tables, optimizers
+from altup_t5x import csv_tables
 from altup_t5x.config import AltUpConfig
 from altup_t5x.network import AltUpStack, Transformer
 from studies import fidelity
 from studies.common import init_params, make_config_from, make_eval_sums, make_train_step
 
-COLUMNS = ['date', 'variant', 'coef_init', 'coef_init_scale', 'lr', 'seed', 'step', 'diff',
+COLUMNS = ['date', 'scale', 'variant', 'coef_init', 'coef_init_scale', 'coef_lr_scale', 'lr',
+           'seed', 'step', 'diff',
            'non_prop', 'scale_c', 'p_offdiag_max', 'g_spread_max', 'eval_loss', 'train_seconds']
 
 
@@ -63,6 +65,10 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--coef_init', default='identity', choices=['identity', 'normal'])
   parser.add_argument('--coef_init_scale', type=float, default=0.01)
+  parser.add_argument('--coef_lr_scale', type=float, default=1.0,
+                      help='train the AltUp coefficients at this multiple of the LR')
+  parser.add_argument('--scale', default='study', choices=['study', 'study_w128'],
+                      help='the fidelity study\'s d=64 scale, or d=128 with the rest unchanged')
   parser.add_argument('--lr', type=float, default=0.03)
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--steps', type=int, default=fidelity.FULL_STEPS)
@@ -70,13 +76,15 @@ def main(argv=None):
   parser.add_argument('--out', default='benchmarks', help='where the corpus cache and CSV live')
   parser.add_argument('--csv', default=os.path.join('benchmarks', 'recycled_streams.csv'))
   args = parser.parse_args(argv)
-  sc = fidelity.SCALES['study']
-  train, evals = fidelity._data('study', args.out)  # pylint: disable=protected-access
+  if args.coef_lr_scale <= 0:
+    parser.error(f'--coef_lr_scale={args.coef_lr_scale} must be > 0')
+  sc = fidelity.SCALES[args.scale]
+  train, evals = fidelity._data(args.scale, args.out)  # pylint: disable=protected-access
   cfg = make_config_from(AltUpConfig(vocab_size=fidelity.VOCAB_SIZE, dropout_rate=0.0,
                                      **sc['model']), 'recycled_k2')
   cfg = cfg.replace(altup_coef_init=args.coef_init, altup_coef_init_scale=args.coef_init_scale)
   module = Transformer(cfg)
-  optimizer = optimizers.adafactor(fidelity._schedule('rsqrt', args.lr))  # pylint: disable=protected-access
+  optimizer = fidelity.study_optimizer('recycled_k2', 'rsqrt', args.lr, args.coef_lr_scale)
   step_fn = jax.jit(make_train_step(module, optimizer))
   b, n = sc['batch'], len(train['encoder_input_tokens'])
   order = np.random.RandomState(args.seed).permutation(n)
@@ -95,8 +103,9 @@ def main(argv=None):
     enc = jax.device_get(params)['encoder']
     coefs = [(np.asarray(enc[f'altup_{i}']['predict']), np.asarray(enc[f'altup_{i}']['correct']))
              for i in range(cfg.num_encoder_layers)]
-    row = dict(date=time.strftime('%Y-%m-%d %H:%M'), variant='recycled_k2',
-               coef_init=args.coef_init, coef_init_scale=args.coef_init_scale, lr=args.lr,
+    row = dict(date=time.strftime('%Y-%m-%d %H:%M'), scale=args.scale, variant='recycled_k2',
+               coef_init=args.coef_init, coef_init_scale=args.coef_init_scale,
+               coef_lr_scale=args.coef_lr_scale, lr=args.lr,
                seed=args.seed, step=step, **stream_stats(x, np.asarray(probe_tokens) > 0),
                p_offdiag_max=max(float(np.max(np.abs(p - np.diag(np.diag(p))))) for p, _ in coefs),
                g_spread_max=max(float(np.ptp(g)) for _, g in coefs), train_seconds=round(seconds, 1))

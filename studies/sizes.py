@@ -396,19 +396,25 @@ def section(out, rel) -> str:
 def _streams_reading(rows) -> str:
   """One generated paragraph from recycled_streams.csv: do the blocks stay proportional?"""
   parts = []
-  for init in dict.fromkeys(r['coef_init'] for r in rows):
-    rs = [r for r in rows if r['coef_init'] == init]
+  setting = lambda r: (r.get('scale') or 'study', r['coef_init'], r['coef_init_scale'],
+                       r.get('coef_lr_scale') or '1', r['lr'], r['seed'])
+  for key in dict.fromkeys(map(setting, rows)):
+    rs = [r for r in rows if setting(r) == key]
     first, last = rs[0], rs[-1]
+    scale, init, noise, coef_lr, lr, seed = key
+    d = fid.SCALES[scale]['model']['emb_dim']
     parts.append(
-        f'coefficients initialised `{init}`'
-        + (f' (noise {float(first["coef_init_scale"]):g})' if init == 'normal' else '')
-        + f': |x1 - x2| / |x1| {float(first["diff"]):.3f} at step {first["step"]} and '
-        f'{float(last["diff"]):.3f} at step {last["step"]}, the part of x2 not proportional to x1 '
-        f'{float(first["non_prop"]):.3f} -> {float(last["non_prop"]):.3f}, eval loss '
-        f'{float(last["eval_loss"]):.4f}')
+        f'd={d}, peak LR {float(lr):g}, seed {seed}, coefficients `{init}`'
+        + (f' (noise {float(noise):g})' if init == 'normal' else '')
+        + (f' at {float(coef_lr):g}x the LR' if float(coef_lr) != 1 else '')
+        + f': |x1 - x2| / |x1| {float(first["diff"]):.3f} at step {first["step"]} -> '
+        f'{float(last["diff"]):.3f} at step {last["step"]}, the part of x2 not proportional to '
+        f'x1 {float(first["non_prop"]):.3f} -> {float(last["non_prop"]):.3f}, largest '
+        f'off-diagonal |p| {float(last["p_offdiag_max"]):.3f}'
+        + (f', eval loss {float(last["eval_loss"]):.4f}' if last.get('eval_loss') else ''))
   return ('How far Recycled-AltUp\'s two blocks drift apart (`benchmarks/recycled_streams.csv`, '
-          '`python -m studies.recycled_streams`, d=64, seed 0; the encoder\'s blocks entering the '
-          'reduction): ' + '; '.join(parts) + '.')
+          '`python -m studies.recycled_streams`; the encoder\'s blocks entering the reduction, '
+          'on 8 validation rows): ' + '; '.join(parts) + '.')
 
 
 def summary_line(out) -> str:

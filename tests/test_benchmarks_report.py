@@ -251,3 +251,17 @@ def test_readme_says_each_altup_gain_at_equal_wall_clock():
             f'{r["m"]:+.4f}') in gains
     assert f'at equal wall-clock {r["tm"]:+.4f} +- {r["tse"]:.4f}: {r["time_short"]}' in gains
   assert "altup_correct_router='input'" in line
+
+
+def test_fidelity_csv_is_generated_from_the_cached_runs():
+  """benchmarks/fidelity.csv holds exactly the eval curves of the committed runs (both studies)."""
+  from altup_t5x import csv_tables  # pylint: disable=g-import-not-at-top
+  from studies.common import FLOAT_FORMAT  # pylint: disable=g-import-not-at-top
+  runs = fidelity.load_runs(DATA)
+  want = [{k: format(v, FLOAT_FORMAT) if isinstance(v, float) else str(v) for k, v in r.items()}
+          for r in fidelity.csv_rows(runs)]
+  got = csv_tables.read(os.path.join(DATA, 'fidelity.csv'))
+  assert len(got) == len(want)
+  assert got == want, ('benchmarks/fidelity.csv differs from the cached runs: run '
+                       '`python scripts/benchmark.py sizes --out benchmarks/ --plan` after '
+                       '`fidelity.write_outputs`, or any fidelity/sizes command')
