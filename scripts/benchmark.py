@@ -145,9 +145,11 @@ def main(argv=None):
       cores = sorted(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else []
       procs = []
       for i in range(args.jobs):
-        pin = (lambda c=cores[i % len(cores)]: os.sched_setaffinity(0, {c})) if (
-            len(cores) >= args.jobs) else None
-        procs.append(subprocess.Popen(cmd, preexec_fn=pin))
+        # Pinned after the start (a preexec_fn would fork this process, whose JAX threads may
+        # already run: `sizes` measures its step times here first).
+        procs.append(subprocess.Popen(cmd))
+        if len(cores) >= args.jobs:
+          os.sched_setaffinity(procs[-1].pid, {cores[i % len(cores)]})
         time.sleep(5)  # staggered: the first worker builds the data cache
       rcs = [p.wait() for p in procs]
       if any(rcs):

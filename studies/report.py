@@ -339,6 +339,35 @@ def step_cost_section(out_dir):
   if lines:
     out += ['The train step with fused updates (`default`, shipped) and in the textbook order '
             '(`unfused`), each against the baseline\'s `default` step of its run:', ''] + lines + ['']
+  out.append(update_layout_section(out_dir))
+  return '\n'.join(out)
+
+
+def update_layout_section(out_dir):
+  """update_layout.csv (studies.update_layout): AltUp's update alone in each stream layout."""
+  rows = _table(out_dir, 'update_layout.csv')
+  if not rows:
+    return ''
+  out = ['### The AltUp update alone, by stream layout', '',
+         'N layers\' predict / compute / correct around a stand-in layer (tanh(x W) on the active '
+         'block), forward + backward, every layout checked equal to `unfused` first '
+         '(`python -m studies.update_layout`; layouts in its docstring). `blocks`: the K blocks '
+         'as K separate arrays; `blocks_stacked_io`: the same between one unstack and one stack.',
+         '']
+  for run in dict.fromkeys(r['run'] for r in rows):
+    rs = [r for r in rows if r['run'] == run]
+    r0 = rs[0]
+    out += [f'Run `{run}` ({r0["date"]}, {r0["device"]}, load average {float(r0["loadavg"]):.1f}, '
+            f'{r0["batch"]} x {r0["length"]} x {r0["width"]}, {r0["layers"]} layers, '
+            f'{r0["calls"]} calls per layout):', '',
+            '| K | layout | median ms | spread ms | / unfused | / fused | GFLOPs | MB accessed |',
+            '|---:|---|---:|---:|---:|---:|---:|---:|']
+    for r in rs:
+      out.append(f'| {r["k"]} | {r["layout"]} | {float(r["median_ms"]):.1f} | '
+                 f'{float(r["spread_ms"]):.1f} | {float(r["ratio_unfused"]):.3f} | '
+                 f'{float(r["ratio_fused"]):.3f} | {float(r["flops"]) / 1e9:.2f} | '
+                 f'{float(r["bytes_accessed"]) / 1e6:.0f} |')
+    out.append('')
   return '\n'.join(out)
 
 

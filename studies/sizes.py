@@ -136,7 +136,8 @@ def run(out, parts=None, max_minutes=None, log=print) -> List[str]:
 # ------------------------------------------------------------------------------------------------
 # Step-time ratios for the equal wall-clock comparisons.
 
-SPEED_COLUMNS = ['size', 'scale', 'variant', 'train_ms', 'train_ratio', 'calls', 'date', 'loadavg']
+SPEED_COLUMNS = ['size', 'scale', 'variant', 'train_ms', 'train_ratio', 'calls', 'backend', 'date',
+                 'loadavg']
 
 
 def measure_speed(out, rounds=5, calls=4, log=print) -> List[dict]:
@@ -193,7 +194,8 @@ def _measure(out, rounds, calls, log):
     for v, (_, _, times) in steps.items():
       ms = 1e3 * float(np.median(times))
       rows.append(dict(size=size, scale=scale, variant=v, train_ms=ms, train_ratio=ms / 1e3 / base,
-                       calls=len(times), date=time.strftime('%Y-%m-%d %H:%M'),
+                       calls=len(times), backend=jax.default_backend(),
+                       date=time.strftime('%Y-%m-%d %H:%M'),
                        loadavg=os.getloadavg()[0]))
       log(f'sizes speed: {size} {v}: {ms:.1f} ms/step ({rows[-1]["train_ratio"]:.3f}x)')
   return rows
@@ -273,9 +275,17 @@ def _time_cell(r):
 def plan_cost(runs, planned) -> dict:
   """Worker time of the runs this study planned (training, evaluation, compilation)."""
   done = [runs[s['name']] for s in planned if s['name'] in runs]
-  busy = sum(r.get('wall_seconds', r['train_seconds']) + r['compile_s'] for r in done)
+  cost = lambda r: r.get('wall_seconds', r['train_seconds']) + r['compile_s']
+  busy = sum(map(cost, done))
+  # What is left, at the measured cost of done runs of the same scale and variant (else scale).
+  left = 0.0
+  todo = [s for s in planned if s['name'] not in runs]
+  for s in todo:
+    same = sorted(cost(r) for r in done if (r['scale'], r['variant']) == (s['scale'], s['variant']))
+    same = same or sorted(cost(r) for r in done if r['scale'] == s['scale']) or [0.0]
+    left += same[len(same) // 2]
   return dict(done=len(done), planned=len(planned), hours=busy / 3600,
-              loads=[r['loadavg'] for r in done])
+              loads=[r['loadavg'] for r in done], todo=len(todo), left_hours=left / 3600)
 
 
 def section(out, rel) -> str:
@@ -297,6 +307,8 @@ def section(out, rel) -> str:
       batch=fid.SCALES[sc0]['batch'], inputs=fid.SCALES[sc0]['inputs'],
       targets=fid.SCALES[sc0]['targets'], speed_csv=f'{rel}/{SPEED_CSV}', speed_run=speed_run,
       done=cost['done'], planned=cost['planned'], hours=f'{cost["hours"]:.2f}',
+      left=(f'; left: {cost["todo"]} runs, about {cost["left_hours"]:.2f} h of worker time at the '
+            'measured cost of the same scale and variant' if cost['todo'] else ''),
       loads=(f'{min(cost["loads"]):.1f}-{max(cost["loads"]):.1f}' if cost['loads'] else 'n/a')),
       '']
 
@@ -348,23 +360,38 @@ def section(out, rel) -> str:
         cells += ['-', '-'] if r is None else [
             f'{v} {r["lr"]:g} vs {ref} {r["ref_lr"]:g}: {_cell(r)}', _time_cell(r)]
       t = trend(rows, cid, kind)
-      out_lines.append(f'| ({cid}) {statement} | {kind} | {" | ".join(cells)} | '
+      label = kind
+      if kind == 'own' and not any(r['cid'] == cid and r['kind'] == 'common' for r in rows):
+        label = 'own = common'  # every model's best LR is the baseline's at both sizes
+      out_lines.append(f'| ({cid}) {statement} | {label} | {" | ".join(cells)} | '
                        + (f'{t["change"]:+.4f} +- {t["se"]:.4f} | {t["word"]}' if t else
                           'n/a | n/a') + ' |')
   out_lines.append('')
+  if ratios:
+    out_lines += ['Train-step ratios to the baseline behind the equal wall-clock columns '
+                  f'(`{rel}/{SPEED_CSV}`, {speed_rows[0].get("backend", "cpu")} float32'
+                  + (', one core' if speed_rows[0].get('backend', 'cpu') == 'cpu' else '') + '): '
+                  + '; '.join(
+                      f'd={fid.SCALES[scale]["model"]["emb_dim"]} ' + ', '.join(
+                          f'{v} {ratios[(size, v)]:.3f}x' for v in VARIANTS[1:]
+                          if (size, v) in ratios) for size, scale in SIZES) +
+                  '. At these widths the per-layer AltUp updates weigh more than at T5.1.1-small '
+                  '("What a step costs"), so the equal wall-clock verdicts are about this '
+                  'machine and these sizes.', '']
 
   # Recycled-AltUp remedies.
   out_lines += ['### Recycled-AltUp: remedies for its equal blocks', '',
                 f'Paired by seed against Recycled-AltUp K=2 at the same LR (its own best); '
-                'positive: the remedy is better. Last column: against the baseline at its best LR '
-                '(claim (b) with the remedy).', '',
-                '| size | variant | LR | eval loss by seed | vs Recycled K=2 | vs baseline |',
-                '|---|---|---:|---|---:|---:|']
+                'positive: the remedy is better; verdict by the 2-SE rule over the seeds. Last '
+                'column: against the baseline at its best LR (claim (b) with the remedy).', '',
+                '| size | variant | LR | eval loss by seed | vs Recycled K=2 | verdict | '
+                'vs baseline |',
+                '|---|---|---:|---|---:|---|---:|']
   for size, scale in SIZES:
     lr = best_lr(runs, size, REMEDY_REFERENCE)
     base_lr = best_lr(runs, size, 'baseline')
     if lr is None:
-      out_lines.append(f'| {size} | - | - | sweep not complete | - | - |')
+      out_lines.append(f'| {size} | - | - | sweep not complete | - | - | - |')
       continue
     for v in (REMEDY_REFERENCE,) + REMEDIES:
       finals, d_ref, d_base = [], [], []
@@ -381,10 +408,14 @@ def section(out, rel) -> str:
           d_base.append(xb - x)
       fmt = lambda ds: ('-' if not ds else ' '.join(f'{d:+.4f}' for d in ds) + (
           f' (mean {sum(ds) / len(ds):+.4f})' if len(ds) > 1 else ''))
+      verdict = '-'
+      if v != REMEDY_REFERENCE and d_ref:
+        verdict = {'reproduced': 'better', 'opposite': 'worse'}.get(
+            report._short(report._verdict(d_ref)[0]), 'inconclusive')  # pylint: disable=protected-access
       out_lines.append(f'| {size} | {v} | {lr:g} | '
                        + (' '.join(f'{x:.4f}' for x in finals) or 'not yet run') + ' | '
-                       + ('-' if v == REMEDY_REFERENCE else fmt(d_ref)) + ' | ' + fmt(d_base)
-                       + ' |')
+                       + ('-' if v == REMEDY_REFERENCE else fmt(d_ref)) + f' | {verdict} | '
+                       + fmt(d_base) + ' |')
   out_lines.append('')
   streams = csv_tables.read(os.path.join(out, 'recycled_streams.csv'), missing_ok=True)
   if streams:
@@ -412,9 +443,40 @@ def _streams_reading(rows) -> str:
         f'x1 {float(first["non_prop"]):.3f} -> {float(last["non_prop"]):.3f}, largest '
         f'off-diagonal |p| {float(last["p_offdiag_max"]):.3f}'
         + (f', eval loss {float(last["eval_loss"]):.4f}' if last.get('eval_loss') else ''))
-  return ('How far Recycled-AltUp\'s two blocks drift apart (`benchmarks/recycled_streams.csv`, '
+  last = {}
+  for r in rows:
+    if key_last(last, setting(r), r):
+      last[setting(r)] = r
+  low = [k for k, r in last.items() if float(r['non_prop']) < PROPORTIONAL]
+  apart = [k for k in last if k not in low]
+  text = ('How far Recycled-AltUp\'s two blocks drift apart (`benchmarks/recycled_streams.csv`, '
           '`python -m studies.recycled_streams`; the encoder\'s blocks entering the reduction, '
-          'on 8 validation rows): ' + '; '.join(parts) + '.')
+          'on 8 validation rows): ' + '; '.join(parts) + '. ')
+  text += (f'Reading: in {len(low)} of {len(last)} probes the part of x2 not proportional to x1 '
+           f'ends below {PROPORTIONAL:g}: the blocks carry about one direction up to scale, and '
+           'Recycled-AltUp then acts much like the baseline with a rescaled residual stream.')
+  for k in apart:
+    same = [r for q, r in last.items() if q[0] == k[0] and q[1] == 'identity' and
+            float(q[3]) == 1 and r.get('eval_loss')]
+    r = last[k]
+    if same and r.get('eval_loss'):
+      d = fid.SCALES[k[0]]['model']['emb_dim']
+      better = float(r['eval_loss']) < float(same[0]['eval_loss'])
+      text += (f' The probe that keeps them further apart at d={d} ({float(r["non_prop"]):.3f}; '
+               f'coefficients `{k[1]}`' + (f' at {float(k[3]):g}x the LR' if float(k[3]) != 1
+                                           else '') +
+               f') ends {"below" if better else "above"} the identity probe\'s eval loss '
+               f'({float(r["eval_loss"]):.4f} vs {float(same[0]["eval_loss"]):.4f}).')
+  return text
+
+
+# A block whose non-proportional part is below this counts as a multiple of the other.
+PROPORTIONAL = 0.16
+
+
+def key_last(last, key, row) -> bool:
+  """Whether `row` is a later probe step of its setting than the one kept in `last`."""
+  return key not in last or int(row['step']) > int(last[key]['step'])
 
 
 def summary_line(out) -> str:

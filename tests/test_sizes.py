@@ -125,7 +125,8 @@ def test_verdicts_and_trend_equal_a_numpy_paired_test(tmp_path):
   np.testing.assert_allclose(t['se'], math.hypot(a['d64']['se'], a['d128']['se']), atol=1e-9)
   assert t['word'] == 'grows'
   text = sizes.section(out, '.')
-  assert '| (a) AltUp K=2 (wide) improves on the same-size baseline | own |' in text
+  assert '| (a) AltUp K=2 (wide) improves on the same-size baseline | own = common |' in text
+  assert '| (b) Recycled-AltUp K=2 improves on the same-size baseline | common |' in text
   assert f'{t["change"]:+.4f} +- {t["se"]:.4f} | grows |' in text
   assert 'not yet run' in text  # the other claims' seeds are missing
   assert '(a) ' in sizes.summary_line(out) and '(grows)' in sizes.summary_line(out)
