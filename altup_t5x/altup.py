@@ -119,6 +119,28 @@ def predict_deferred(z, g, delta, p):
   return predict(z, p) + pg[..., :, None] * delta.astype(jnp.float32)[..., None, :]
 
 
+def corrected_block_of(zs, g, delta, block: int):
+  """`corrected_block` with the stream held as K separate blocks zs = (z^1, ..., z^K), [..., d]."""
+  return zs[block].astype(jnp.float32) + g.astype(jnp.float32)[..., block, None] * delta
+
+
+def predict_deferred_blocks(zs, g, delta, p):
+  """`predict_deferred` with the stream held as K separate blocks: a tuple of K [..., d] (float32).
+
+  Each predicted block is a sum of K scaled blocks, which XLA fuses into one elementwise loop; with
+  no stacked axis there is no K x K dot, and taking the active block is Python indexing, so the
+  backward pass has no zero-filled gradient of a slice. Same function as `predict_deferred`.
+  """
+  g = g.astype(jnp.float32)
+  p = p.astype(jnp.float32)
+  pg = jnp.sum(p * g[..., None, :], axis=-1)  # [.., k]
+  zs = [z.astype(jnp.float32) for z in zs]
+  delta = delta.astype(jnp.float32)
+  k = len(zs)
+  return tuple(sum(p[..., i, j, None] * zs[j] for j in range(k)) + pg[..., i, None] * delta
+               for i in range(k))
+
+
 def apply_correction(z, g, delta):
   """y = z + g (x) delta: the deferred correction written into the stream, float32."""
   return z.astype(jnp.float32) + (g.astype(jnp.float32)[..., :, None] *

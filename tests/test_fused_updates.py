@@ -111,3 +111,43 @@ def test_bfloat16_stream_error_is_at_most_twice_the_plain_models():
     err = np.mean([_bf16_error(settings, s) for s in seeds])
     print(f'{settings}: bfloat16 relative logit error {err:.4f} (K=1: {plain:.4f})')
     assert err <= 2 * plain, (settings, err, plain)
+
+
+@pytest.mark.parametrize('k', [1, 2, 3, 4])
+@pytest.mark.parametrize('per_token', [False, True])
+def test_blocks_layout_equals_a_numpy_deferred_predict(k, per_token):
+  """predict_deferred_blocks / corrected_block_of on K separate blocks equal NumPy's
+  P (z + g (x) delta) and z^j + g[j] delta, static or per-token coefficients."""
+  from altup_t5x import altup  # pylint: disable=g-import-not-at-top
+  rng = np.random.RandomState(k)
+  b, l, d = 2, 3, 5
+  z = rng.normal(size=(b, l, k, d)).astype(np.float32)
+  delta = rng.normal(size=(b, l, d)).astype(np.float32)
+  lead = (b, l) if per_token else ()
+  p = rng.normal(size=lead + (k, k)).astype(np.float32)
+  g = rng.normal(size=lead + (k,)).astype(np.float32)
+  y = z.astype(np.float64) + g[..., :, None] * delta[..., None, :]  # the corrected stream
+  want = np.einsum('...ij,...jd->...id', p.astype(np.float64), y)
+  zs = tuple(jnp.asarray(z[..., j, :]) for j in range(k))
+  got = altup.predict_deferred_blocks(zs, jnp.asarray(g), jnp.asarray(delta), jnp.asarray(p))
+  assert len(got) == k
+  np.testing.assert_allclose(np.stack(got, axis=-2), want, rtol=1e-5, atol=1e-5)
+  stacked = altup.predict_deferred(jnp.asarray(z), jnp.asarray(g), jnp.asarray(delta),
+                                   jnp.asarray(p))
+  np.testing.assert_allclose(np.stack(got, axis=-2), stacked, rtol=1e-5, atol=1e-5)
+  for j in range(k):
+    np.testing.assert_allclose(altup.corrected_block_of(zs, jnp.asarray(g), jnp.asarray(delta), j),
+                               y[..., j, :], rtol=1e-6, atol=1e-6)
+
+
+def test_fused_stream_layout_by_k():
+  """Fused AltUp carries K <= BLOCKS_LAYOUT_MAX_K blocks as separate arrays, more stacked; both
+  end as the same [b, l, k, d] blocks."""
+  from altup_t5x import network  # pylint: disable=g-import-not-at-top
+  x = jnp.asarray(np.random.RandomState(0).normal(size=(2, 3, 4, 5)).astype(np.float32))
+  for k in (2, 4):
+    cfg = tiny_config(altup_k=k)
+    xk = x[..., :k, :]
+    state = network.begin_stream(cfg, xk)
+    assert isinstance(state[0], tuple) == (k <= network.BLOCKS_LAYOUT_MAX_K)
+    np.testing.assert_array_equal(network.end_stream(cfg, state), xk)
