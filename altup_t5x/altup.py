@@ -96,8 +96,12 @@ def altup_step(x, p, g, block: int, layer_fn, layer_input: str = 'input'):
 
 
 def corrected_block(z, g, delta, block: int):
-  """y^{j} of a stream with its correction deferred: z^{j} + g[j] delta, [..., d] (float32)."""
-  return z[..., block, :].astype(jnp.float32) + g.astype(jnp.float32)[..., block, None] * delta
+  """y^{j} of a stream with its correction deferred: z^{j} + g[j] delta, [..., d] (float32).
+
+  z: the stacked stream [..., k, d], or its K blocks as a tuple of [..., d] arrays.
+  """
+  zj = z[block] if isinstance(z, tuple) else z[..., block, :]
+  return zj.astype(jnp.float32) + g.astype(jnp.float32)[..., block, None] * delta
 
 
 def predict_deferred(z, g, delta, p):
@@ -117,11 +121,6 @@ def predict_deferred(z, g, delta, p):
   # P z as a dot: written as a broadcast multiply-add, XLA:CPU builds the [..., k, k, d] product in
   # the backward pass (K=4, fwd + bwd of 4 layers' updates at 8 x 512 x 512: 630 ms vs 371 ms).
   return predict(z, p) + pg[..., :, None] * delta.astype(jnp.float32)[..., None, :]
-
-
-def corrected_block_of(zs, g, delta, block: int):
-  """`corrected_block` with the stream held as K separate blocks zs = (z^1, ..., z^K), [..., d]."""
-  return zs[block].astype(jnp.float32) + g.astype(jnp.float32)[..., block, None] * delta
 
 
 def predict_deferred_blocks(zs, g, delta, p):

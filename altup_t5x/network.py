@@ -296,25 +296,20 @@ def run_layers(cfg: AltUpConfig, state, num_layers: int, layer_call):
                                        BLOCK_AXES)
       continue
     z, g_prev, delta = state  # the stream is y = z + g_prev (x) delta
-    if isinstance(z, tuple):  # the K blocks as separate arrays (`begin_stream`)
-      dtype = z[0].dtype
-      x_active = altup.corrected_block_of(z, g_prev, delta, block).astype(dtype)
-      p, g = coefficients(x_active)
-      xhat = altup.predict_deferred_blocks(z, g_prev, delta, p)
-      out = layer_call(i, xhat[block].astype(dtype) if predicted else x_active)
-      g = _corrector(cfg, coefficients, g, out)
-      delta = with_sharding_constraint(out.astype(jnp.float32) - xhat[block], EMBED_AXES)
-      state = (tuple(with_sharding_constraint(x.astype(dtype), EMBED_AXES) for x in xhat), g,
-               delta)
-      continue
-    x_active = altup.corrected_block(z, g_prev, delta, block).astype(z.dtype)  # y^{j*}
+    blocks = isinstance(z, tuple)  # the K blocks as separate arrays (`begin_stream`)
+    dtype = (z[0] if blocks else z).dtype
+    x_active = altup.corrected_block(z, g_prev, delta, block).astype(dtype)  # y^{j*}
     p, g = coefficients(x_active)
-    xhat = altup.predict_deferred(z, g_prev, delta, p)  # [b, l, k, d], one pass
-    source = xhat[..., block, :].astype(z.dtype) if predicted else x_active
-    out = layer_call(i, source)
+    # One pass over the stream: [b, l, k, d], or K blocks [b, l, d].
+    predict = altup.predict_deferred_blocks if blocks else altup.predict_deferred
+    xhat = predict(z, g_prev, delta, p)
+    xhat_active = xhat[block] if blocks else xhat[..., block, :]
+    out = layer_call(i, xhat_active.astype(dtype) if predicted else x_active)
     g = _corrector(cfg, coefficients, g, out)
-    delta = with_sharding_constraint(out.astype(jnp.float32) - xhat[..., block, :], EMBED_AXES)
-    state = (with_sharding_constraint(xhat.astype(z.dtype), BLOCK_AXES), g, delta)
+    delta = with_sharding_constraint(out.astype(jnp.float32) - xhat_active, EMBED_AXES)
+    z = (tuple(with_sharding_constraint(x.astype(dtype), EMBED_AXES) for x in xhat) if blocks
+         else with_sharding_constraint(xhat.astype(dtype), BLOCK_AXES))
+    state = (z, g, delta)
   return state
 
 

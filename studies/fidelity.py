@@ -232,8 +232,13 @@ def plan(runs, quick=False) -> List[dict]:
         out.append(spec(scale_of(scale), v, schedule, lr, seed, steps if not quick else 12,
                         'ablation'))
   out += [s for s in later if s['part'] == LR_CHECK_PART]
+  return unique_by_name(out)
+
+
+def unique_by_name(specs) -> List[dict]:
+  """The specs with each run name once, at its first (highest-priority) place."""
   seen, unique = set(), []
-  for s in out:
+  for s in specs:
     if s['name'] not in seen:
       seen.add(s['name'])
       unique.append(s)

@@ -10,8 +10,8 @@ gradient of p[i, j] = <dL/dxhat^i, x^j> is the same for every j: p can only move
 (each block rescaled by a common vector), so the blocks stay proportional to each other except
 where the active block's own layer path breaks the symmetry. This trains one Recycled K=2 model
 at the fidelity study's scale (d=64, 4+4 layers, batch 16 x 64/16, T5X's rsqrt schedule, the
-embedded corpus; `--scale study_w128`: d=128) and reports, at the probe steps, for the encoder's last stream (the blocks
-entering the reduction, on 8 validation rows):
+embedded corpus; `--scale study_w128`: d=128) and reports, at the probe steps, for the encoder's
+last stream (the blocks entering the reduction, on 8 validation rows):
 
   diff        |x^1 - x^2| / |x^1|              (0: identical blocks)
   non-prop    |x^2 - c x^1| / |x^2|, c the best scalar  (0: one block a multiple of the other)
@@ -35,8 +35,8 @@ from studies import fidelity
 from studies.common import init_params, make_config_from, make_eval_sums, make_train_step
 
 COLUMNS = ['date', 'scale', 'variant', 'coef_init', 'coef_init_scale', 'coef_lr_scale', 'lr',
-           'seed', 'step', 'diff',
-           'non_prop', 'scale_c', 'p_offdiag_max', 'g_spread_max', 'eval_loss', 'train_seconds']
+           'seed', 'step', 'diff', 'non_prop', 'scale_c', 'p_offdiag_max', 'g_spread_max',
+           'eval_loss', 'train_seconds']
 
 
 def encoder_streams(module, params, tokens):

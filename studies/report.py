@@ -295,11 +295,11 @@ def headline_section(out_dir, speed_rows, rel):
     missing.append('quality at a second model size (section "Two model sizes": not yet run)')
   else:
     trends = [(cid, sizes.trend(size_rows, cid, 'own')) for cid in sizes.CLAIMS]
+    d0, d1 = (fid.SCALES[scale_name]['model']['emb_dim'] for _, scale_name in sizes.SIZES)
     scale += (' A second size (section "Two model sizes"): gain of each claim at equal steps, '
               'own LRs, ' + '; '.join(
-                  f'({cid}) {t["first"]["m"]:+.4f} at d={fid.SCALES[sizes.SIZES[0][1]]["model"]["emb_dim"]} -> '
-                  f'{t["second"]["m"]:+.4f} at d={fid.SCALES[sizes.SIZES[1][1]]["model"]["emb_dim"]} '
-                  f'({t["word"]})' for cid, t in trends if t) + '.')
+                  f'({cid}) {t["first"]["m"]:+.4f} at d={d0} -> {t["second"]["m"]:+.4f} at '
+                  f'd={d1} ({t["word"]})' for cid, t in trends if t) + '.')
   if not any('gemma3n' in r['variant'] for r in runs.values()):
     missing.append('the quality of Gemma 3n\'s block (gin/altup/gemma3n_k4.gin)')
   unmeasured = ('**Not measured:** ' + '; '.join(missing) + '.') if missing else ''
@@ -874,6 +874,14 @@ def _reach(curve, target):
   return None
 
 
+def wall_clock_gain(rv, rr, q, steps):
+  """Reference minus variant eval loss at equal training time: the variant's step is q times the
+  reference's, so the slower of the two is read at proportionally fewer steps than `steps`."""
+  if q >= 1:
+    return rr['eval'][-1][2] - _interp(rv['eval'], steps / q)
+  return _interp(rr['eval'], steps * q) - rv['eval'][-1][2]
+
+
 def _mean_std(xs):
   xs = [x for x in xs if math.isfinite(x)]
   if not xs:
@@ -938,11 +946,7 @@ def _claim_rows(runs, fid, speed_rows):
         d_eq.append(lr_ - lv)
         rv_s, rr_s = _speed_ratio(speed_rows, v), _speed_ratio(speed_rows, ref)
         if rv_s and rr_s:
-          q = rv_s / rr_s
-          if q >= 1:
-            d_time.append(lr_ - _interp(rv['eval'], n / q))
-          else:
-            d_time.append(_interp(rr['eval'], n * q) - lv)
+          d_time.append(wall_clock_gain(rv, rr, rv_s / rr_s, n))
       verdict, m, se = _verdict(d_eq)
       if cid == 'b' and verdict == 'reproduced':
         ga = gains.get(pair_index)

@@ -1,6 +1,6 @@
 """The paper's central claims at two model widths, d=64 and d=128: does AltUp's gain grow with size?
 
-    python scripts/benchmark.py sizes --out benchmarks/ --jobs 2   # train what is missing, resumable
+    python scripts/benchmark.py sizes --out benchmarks/ --jobs 2  # train what is missing (resumable)
     python scripts/benchmark.py sizes --out benchmarks/ --plan     # list the runs, train nothing
 
 The two sizes are the fidelity study's `study` scale (d=64) and `study_w128` (the same layers,
@@ -14,7 +14,8 @@ batch, lengths and steps with the width doubled: d=128, head_dim 32, mlp 256). A
      K=4 vs K=2 and (h) Gemma 3n's block (K=4) vs static AltUp K=4, 3 seeds, each model at its own
      best LR from its sweep and both at a common LR (the baseline's best at that size).
   3. `remedies`: why Recycled-AltUp gains little. With identity coefficients its K equal blocks get
-     equal gradients, so the predictor can only learn p = I + c 1^T (see studies/recycled_streams.py);
+     equal gradients, so the predictor can only learn p = I + c 1^T
+     (studies/recycled_streams.py);
      two changes the paper's description allows break that symmetry: coefficients initialised with
      noise (I + N(0, 0.3)), and the coefficients trained at 10x the LR. 2 seeds at each size, at
      Recycled's own best LR, against Recycled-AltUp itself at the same LR and seeds.
@@ -119,12 +120,7 @@ def plan(runs, quick=False) -> List[dict]:
     for seed in range(REMEDY_SEEDS):
       for v in (REMEDY_REFERENCE,) + REMEDIES:
         out.append(dict(fid.spec(scale, v, 'rsqrt', lr, seed, STEPS, 'remedies'), ready=ready))
-  seen, unique = set(), []
-  for s in out:
-    if s['name'] not in seen:
-      seen.add(s['name'])
-      unique.append(s)
-  return unique
+  return fid.unique_by_name(out)
 
 
 def run(out, parts=None, max_minutes=None, log=print) -> List[str]:
@@ -164,7 +160,8 @@ def _measure(out, rounds, calls, log):
   import numpy as np  # pylint: disable=g-import-not-at-top
   from altup_t5x.config import AltUpConfig  # pylint: disable=g-import-not-at-top
   from altup_t5x.network import Transformer  # pylint: disable=g-import-not-at-top
-  from studies.common import init_params, make_config_from, make_train_step  # pylint: disable=g-import-not-at-top
+  from studies.common import (init_params, make_config_from,  # pylint: disable=g-import-not-at-top
+                              make_train_step)
   rows = []
   for size, scale in SIZES:
     sc = fid.SCALES[scale]
@@ -218,6 +215,7 @@ def _final(runs, scale, variant, lr, seed):
 def claim_rows(runs, ratios) -> List[dict]:
   """Every (claim, LR kind, size): paired gains at equal steps and equal wall-clock, verdicts."""
   from studies import report  # pylint: disable=g-import-not-at-top
+  verdict_of, short = report._verdict, report._short  # pylint: disable=protected-access
   rows = []
   for cid, (statement, v, ref) in CLAIMS.items():
     for size, scale in SIZES:
@@ -229,17 +227,15 @@ def claim_rows(runs, ratios) -> List[dict]:
           if lv is None or lr_ is None:
             continue
           d_eq.append(lr_ - lv)
-          q = ratios.get((size, v), 0) / ratios.get((size, ref), 1) if (
-              (size, v) in ratios and (size, ref) in ratios) else None
-          if q:  # the slower model at proportionally fewer steps
-            d_time.append(lr_ - report._interp(rv['eval'], STEPS / q) if q >= 1 else  # pylint: disable=protected-access
-                          report._interp(rr['eval'], STEPS * q) - lv)  # pylint: disable=protected-access
-        verdict, m, se = report._verdict(d_eq)  # pylint: disable=protected-access
-        tverdict, tm, tse = report._verdict(d_time)  # pylint: disable=protected-access
+          if (size, v) in ratios and (size, ref) in ratios:
+            d_time.append(report.wall_clock_gain(rv, rr, ratios[(size, v)] / ratios[(size, ref)],
+                                                 STEPS))
+        verdict, m, se = verdict_of(d_eq)
+        tverdict, tm, tse = verdict_of(d_time)
         rows.append(dict(cid=cid, statement=statement, v=v, ref=ref, size=size, kind=kind,
                          lr=v_lr, ref_lr=ref_lr, d=d_eq, m=m, se=se, n=len(d_eq),
-                         short=report._short(verdict), tm=tm, tse=tse,  # pylint: disable=protected-access
-                         time_short=report._short(tverdict), tn=len(d_time)))  # pylint: disable=protected-access
+                         short=short(verdict), tm=tm, tse=tse, time_short=short(tverdict),
+                         tn=len(d_time)))
   return rows
 
 
@@ -291,6 +287,7 @@ def plan_cost(runs, planned) -> dict:
 def section(out, rel) -> str:
   """The BENCHMARKS.md section of the two-size study."""
   from studies import report  # pylint: disable=g-import-not-at-top
+  verdict_of, short = report._verdict, report._short  # pylint: disable=protected-access
   runs = fid.load_runs(out)
   planned = plan(runs)
   ratios = speed_ratios(out)
@@ -411,7 +408,7 @@ def section(out, rel) -> str:
       verdict = '-'
       if v != REMEDY_REFERENCE and d_ref:
         verdict = {'reproduced': 'better', 'opposite': 'worse'}.get(
-            report._short(report._verdict(d_ref)[0]), 'inconclusive')  # pylint: disable=protected-access
+            short(verdict_of(d_ref)[0]), 'inconclusive')
       out_lines.append(f'| {size} | {v} | {lr:g} | '
                        + (' '.join(f'{x:.4f}' for x in finals) or 'not yet run') + ' | '
                        + ('-' if v == REMEDY_REFERENCE else fmt(d_ref)) + f' | {verdict} | '
@@ -424,59 +421,51 @@ def section(out, rel) -> str:
   return '\n'.join(out_lines)
 
 
+# A block whose non-proportional part is below this counts as a multiple of the other.
+PROPORTIONAL = 0.16
+
+
 def _streams_reading(rows) -> str:
   """One generated paragraph from recycled_streams.csv: do the blocks stay proportional?"""
+  probes = {}  # (scale, coef_init, noise, coef LR scale, lr, seed) -> its rows by step
+  for r in rows:
+    key = (r.get('scale') or 'study', r['coef_init'], r['coef_init_scale'],
+           float(r.get('coef_lr_scale') or 1), r['lr'], r['seed'])
+    probes.setdefault(key, []).append(r)
+  probes = {k: sorted(rs, key=lambda r: int(r['step'])) for k, rs in probes.items()}
+  emb = lambda key: fid.SCALES[key[0]]['model']['emb_dim']
+  coefs = lambda key: (f'coefficients `{key[1]}`'
+                       + (f' (noise {float(key[2]):g})' if key[1] == 'normal' else '')
+                       + (f' at {key[3]:g}x the LR' if key[3] != 1 else ''))
   parts = []
-  setting = lambda r: (r.get('scale') or 'study', r['coef_init'], r['coef_init_scale'],
-                       r.get('coef_lr_scale') or '1', r['lr'], r['seed'])
-  for key in dict.fromkeys(map(setting, rows)):
-    rs = [r for r in rows if setting(r) == key]
+  for key, rs in probes.items():
     first, last = rs[0], rs[-1]
-    scale, init, noise, coef_lr, lr, seed = key
-    d = fid.SCALES[scale]['model']['emb_dim']
     parts.append(
-        f'd={d}, peak LR {float(lr):g}, seed {seed}, coefficients `{init}`'
-        + (f' (noise {float(noise):g})' if init == 'normal' else '')
-        + (f' at {float(coef_lr):g}x the LR' if float(coef_lr) != 1 else '')
-        + f': |x1 - x2| / |x1| {float(first["diff"]):.3f} at step {first["step"]} -> '
+        f'd={emb(key)}, peak LR {float(key[4]):g}, seed {key[5]}, {coefs(key)}: '
+        f'|x1 - x2| / |x1| {float(first["diff"]):.3f} at step {first["step"]} -> '
         f'{float(last["diff"]):.3f} at step {last["step"]}, the part of x2 not proportional to '
         f'x1 {float(first["non_prop"]):.3f} -> {float(last["non_prop"]):.3f}, largest '
         f'off-diagonal |p| {float(last["p_offdiag_max"]):.3f}'
         + (f', eval loss {float(last["eval_loss"]):.4f}' if last.get('eval_loss') else ''))
-  last = {}
-  for r in rows:
-    if key_last(last, setting(r), r):
-      last[setting(r)] = r
+  last = {k: rs[-1] for k, rs in probes.items()}
   low = [k for k, r in last.items() if float(r['non_prop']) < PROPORTIONAL]
-  apart = [k for k in last if k not in low]
   text = ('How far Recycled-AltUp\'s two blocks drift apart (`benchmarks/recycled_streams.csv`, '
           '`python -m studies.recycled_streams`; the encoder\'s blocks entering the reduction, '
           'on 8 validation rows): ' + '; '.join(parts) + '. ')
   text += (f'Reading: in {len(low)} of {len(last)} probes the part of x2 not proportional to x1 '
            f'ends below {PROPORTIONAL:g}: the blocks carry about one direction up to scale, and '
            'Recycled-AltUp then acts much like the baseline with a rescaled residual stream.')
-  for k in apart:
-    same = [r for q, r in last.items() if q[0] == k[0] and q[1] == 'identity' and
-            float(q[3]) == 1 and r.get('eval_loss')]
+  for k in (k for k in last if k not in low):
+    same = [r for q, r in last.items() if q[0] == k[0] and q[1] == 'identity' and q[3] == 1 and
+            r.get('eval_loss')]
     r = last[k]
     if same and r.get('eval_loss'):
-      d = fid.SCALES[k[0]]['model']['emb_dim']
       better = float(r['eval_loss']) < float(same[0]['eval_loss'])
-      text += (f' The probe that keeps them further apart at d={d} ({float(r["non_prop"]):.3f}; '
-               f'coefficients `{k[1]}`' + (f' at {float(k[3]):g}x the LR' if float(k[3]) != 1
-                                           else '') +
-               f') ends {"below" if better else "above"} the identity probe\'s eval loss '
+      text += (f' The probe that keeps them further apart at d={emb(k)} '
+               f'({float(r["non_prop"]):.3f}; {coefs(k)}) ends '
+               f'{"below" if better else "above"} the identity probe\'s eval loss '
                f'({float(r["eval_loss"]):.4f} vs {float(same[0]["eval_loss"]):.4f}).')
   return text
-
-
-# A block whose non-proportional part is below this counts as a multiple of the other.
-PROPORTIONAL = 0.16
-
-
-def key_last(last, key, row) -> bool:
-  """Whether `row` is a later probe step of its setting than the one kept in `last`."""
-  return key not in last or int(row['step']) > int(last[key]['step'])
 
 
 def summary_line(out) -> str:

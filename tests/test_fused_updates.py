@@ -116,7 +116,7 @@ def test_bfloat16_stream_error_is_at_most_twice_the_plain_models():
 @pytest.mark.parametrize('k', [1, 2, 3, 4])
 @pytest.mark.parametrize('per_token', [False, True])
 def test_blocks_layout_equals_a_numpy_deferred_predict(k, per_token):
-  """predict_deferred_blocks / corrected_block_of on K separate blocks equal NumPy's
+  """predict_deferred_blocks / corrected_block on K separate blocks equal NumPy's
   P (z + g (x) delta) and z^j + g[j] delta, static or per-token coefficients."""
   from altup_t5x import altup  # pylint: disable=g-import-not-at-top
   rng = np.random.RandomState(k)
@@ -136,7 +136,10 @@ def test_blocks_layout_equals_a_numpy_deferred_predict(k, per_token):
                                    jnp.asarray(p))
   np.testing.assert_allclose(np.stack(got, axis=-2), stacked, rtol=1e-5, atol=1e-5)
   for j in range(k):
-    np.testing.assert_allclose(altup.corrected_block_of(zs, jnp.asarray(g), jnp.asarray(delta), j),
+    np.testing.assert_allclose(altup.corrected_block(zs, jnp.asarray(g), jnp.asarray(delta), j),
+                               y[..., j, :], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(altup.corrected_block(jnp.asarray(z), jnp.asarray(g),
+                                                     jnp.asarray(delta), j),
                                y[..., j, :], rtol=1e-6, atol=1e-6)
 
 
