@@ -23,6 +23,9 @@ Every layer then reads and writes the [..., k, d] stream once instead of twice; 
 the last layer is applied once at the end (`apply_correction`). The start of a stack is
 (z, g, delta) = (x, 0, 0).
 """
+import functools
+
+import jax
 import jax.numpy as jnp
 
 
@@ -138,6 +141,90 @@ def predict_deferred_blocks(zs, g, delta, p):
   k = len(zs)
   return tuple(sum(p[..., i, j, None] * zs[j] for j in range(k)) + pg[..., i, None] * delta
                for i in range(k))
+
+
+def _mix(m, z):
+  """out[..., i, :] = sum_j m[i, j] z[..., j, :] for m [k_out, k], z [..., k, d] (float32).
+
+  Written as K broadcast multiply-adds of z's blocks, not as a dot over the block axis: XLA then
+  makes it one elementwise loop over the stream (each output element reads the K inputs of its
+  token, which sit next to each other), where a dot first transposes the stream to put the block
+  axis last and runs a matmul kernel with a contraction of K.
+  """
+  return sum(m[:, j][:, None] * z[..., j:j + 1, :] for j in range(m.shape[1]))
+
+
+def _token_sum(a, b, spec):
+  """sum over the leading (token) axes of einsum(spec) of a and b: K x K or K reductions.
+
+  Per-token products first, then one reduction over the tokens (XLA lowers this as a batched
+  matmul and a sum; a single einsum contracting the tokens and d is a dot over non-adjacent axes,
+  which transposes both operands first).
+  """
+  out = jnp.einsum(spec, a, b)
+  return jnp.sum(out, axis=tuple(range(out.ndim - len(spec.split('->')[1].lstrip('.')))))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def stacked_deferred_step(z, g, delta, p, block: int):
+  """One layer's stream arithmetic, deferred correction, stacked stream, static coefficients.
+
+  The same function as `corrected_block`, `predict_deferred` and taking the active block of its
+  result, with a hand-written backward pass that reads and writes the stream once:
+
+    y_active    = z^{j*} + g[j*] delta              (the corrected active block: the layer's input)
+    xhat        = P z + (P g) (x) delta             (the predicted stream)
+    xhat_active = xhat^{j*}
+
+  Args:
+    z: the stream [..., k, d] (activation dtype); g: the pending corrector coefficients [k];
+    delta: the pending innovation [..., d] (float32); p: predictor coefficients [k, k];
+    block: the active block j* (a Python int).
+  Returns:
+    (y_active [..., d], xhat [..., k, d], xhat_active [..., d]), float32.
+
+  Autodiff of the plain formulas would take the gradient of each slice z^{j*}, xhat^{j*} as a
+  zero-filled stream with one block written, and of P z as a dot over the block axis (transposes
+  of the stream around a K-contraction matmul); on XLA:CPU those are most of the stream's cost.
+  """
+  return _stacked_forward(z, g, delta, p, block)
+
+
+def _stacked_forward(z, g, delta, p, block):
+  zf = z.astype(jnp.float32)
+  g, p, delta = g.astype(jnp.float32), p.astype(jnp.float32), delta.astype(jnp.float32)
+  pg = p @ g
+  xhat = _mix(p, zf) + pg[:, None] * delta[..., None, :]
+  return zf[..., block, :] + g[block] * delta, xhat, xhat[..., block, :]
+
+
+def _stacked_fwd(z, g, delta, p, block):
+  return _stacked_forward(z, g, delta, p, block), (z, g, delta, p)
+
+
+def _stacked_bwd(block, residuals, cotangents):
+  z, g0, delta0, p0 = residuals
+  dy, dxhat, dxa = (c.astype(jnp.float32) for c in cotangents)
+  zf = z.astype(jnp.float32)
+  g, p, delta = g0.astype(jnp.float32), p0.astype(jnp.float32), delta0.astype(jnp.float32)
+  k = p.shape[0]
+  pg = p @ g
+  onehot = (jnp.arange(k) == block).astype(jnp.float32)
+  # xhat_active is row j* of xhat: its cotangent adds to dxhat^{j*} (written into the formulas
+  # below instead of into a stream-sized array).
+  dz = (_mix(p.T, dxhat) + p[block][:, None] * dxa[..., None, :] +
+        onehot[:, None] * dy[..., None, :])
+  ddelta = _mix(pg[None, :], dxhat)[..., 0, :] + pg[block] * dxa + g[block] * dy
+  dpg = _token_sum(dxhat, delta, '...ie,...e->...i') + onehot * jnp.sum(dxa * delta)
+  dp = (_token_sum(dxhat, zf, '...ie,...je->...ij') +
+        onehot[:, None] * _token_sum(dxa, zf, '...e,...je->...j')[None, :] +
+        dpg[:, None] * g[None, :])
+  dg = p.T @ dpg + onehot * jnp.sum(dy * delta)
+  return (dz.astype(z.dtype), dg.astype(g0.dtype), ddelta.astype(delta0.dtype),
+          dp.astype(p0.dtype))
+
+
+stacked_deferred_step.defvjp(_stacked_fwd, _stacked_bwd)
 
 
 def apply_correction(z, g, delta):

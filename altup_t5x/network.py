@@ -298,12 +298,18 @@ def run_layers(cfg: AltUpConfig, state, num_layers: int, layer_call):
     z, g_prev, delta = state  # the stream is y = z + g_prev (x) delta
     blocks = isinstance(z, tuple)  # the K blocks as separate arrays (`begin_stream`)
     dtype = (z[0] if blocks else z).dtype
-    x_active = altup.corrected_block(z, g_prev, delta, block).astype(dtype)  # y^{j*}
-    p, g = coefficients(x_active)
-    # One pass over the stream: [b, l, k, d], or K blocks [b, l, d].
-    predict = altup.predict_deferred_blocks if blocks else altup.predict_deferred
-    xhat = predict(z, g_prev, delta, p)
-    xhat_active = xhat[block] if blocks else xhat[..., block, :]
+    if not blocks and cfg.altup_coefficients != 'dynamic':
+      # Stacked stream, static coefficients: one pass over the stream forward and backward.
+      p, g = coefficients()
+      x_active, xhat, xhat_active = altup.stacked_deferred_step(z, g_prev, delta, p, block)
+      x_active = x_active.astype(dtype)  # y^{j*}
+    else:
+      x_active = altup.corrected_block(z, g_prev, delta, block).astype(dtype)  # y^{j*}
+      p, g = coefficients(x_active)
+      # One pass over the stream: [b, l, k, d], or K blocks [b, l, d].
+      predict = altup.predict_deferred_blocks if blocks else altup.predict_deferred
+      xhat = predict(z, g_prev, delta, p)
+      xhat_active = xhat[block] if blocks else xhat[..., block, :]
     out = layer_call(i, xhat_active.astype(dtype) if predicted else x_active)
     g = _corrector(cfg, coefficients, g, out)
     delta = with_sharding_constraint(out.astype(jnp.float32) - xhat_active, EMBED_AXES)

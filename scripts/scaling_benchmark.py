@@ -50,15 +50,7 @@ COLUMNS = ['part', 'size', 'variant', 'scan_layers', 'remat_policy', 'one_hot_em
 PROCESS = time.strftime('%Y-%m-%dT%H:%M:%S') + f'-{os.getpid()}'
 
 
-def allocator():
-  """The process's malloc: XLA:CPU allocates each step's buffers anew, so the allocator is part of
-  what a CPU step time measures (`LD_PRELOAD=libjemalloc.so.2` is recorded as 'jemalloc')."""
-  preload = os.environ.get('LD_PRELOAD', '')
-  for name in ('jemalloc', 'tcmalloc', 'mimalloc'):
-    if name in preload:
-      conf = os.environ.get('MALLOC_CONF', '')
-      return f'{name} {conf}' if conf else name
-  return 'glibc'
+allocator = bm.allocator  # the process's malloc, recorded with each row
 
 
 def config(size, variant, vocab_size=32128, **overrides):

@@ -20,7 +20,8 @@ Options: `default` = the shipped T5X settings (gather lookup, fused updates, unr
 `unfused` = predict / layer / correct per layer (the textbook order, two passes over the stream);
 `one_hot` = T5X's one-hot matmul lookup; `scanned` = scan_layers=True.
 Rows are appended to --csv (benchmarks/step_cost.csv), one per (case, kind), with the run's name,
-the device, the load average and the date.
+the device, the load average, the date and the process's malloc (on CPU the allocator is part of a
+step's time: `studies.common.allocator`).
 """
 import argparse
 import os
@@ -56,7 +57,7 @@ VOCAB = {'tiny': 1100}  # every other size: T5's 32128
 # 989 TFLOPS; Google Cloud TPU v4 275, v5e 197, v5p 459).
 PEAK_FLOPS = {'a100': 312e12, 'h100': 989e12, 'h200': 989e12, 'tpu v4': 275e12,
               'tpu v5 lite': 197e12, 'tpu v5e': 197e12, 'tpu v5p': 459e12}
-COLUMNS = ['run', 'date', 'device', 'loadavg', 'size', 'batch', 'inputs', 'targets', 'dtype',
+COLUMNS = ['run', 'date', 'device', 'loadavg', 'allocator', 'size', 'batch', 'inputs', 'targets', 'dtype',
            'variant', 'option', 'kind', 'params', 'flops', 'peak_bytes', 'compile_s', 'median_ms',
            'spread_ms', 'calls', 'ratio', 'flops_ratio', 'tokens_per_s', 'mfu']
 
@@ -182,7 +183,8 @@ def rows_of(cases, dtype, run_name, csv_path):
     b, li, lt = case.shape
     tokens = b * (li + lt) if kind == 'train' else b
     rows.append(dict(
-        run=run_name, date=date, device=device_name(), loadavg=load, size=size, batch=b, inputs=li,
+        run=run_name, date=date, device=device_name(), loadavg=load,
+        allocator=common.allocator(), size=size, batch=b, inputs=li,
         targets=lt, dtype=dtype, variant=variant, option=option, kind=kind, params=case.params,
         flops=f'{flops:.6g}', peak_bytes=f'{timed.stats["peak_bytes"]:.6g}',
         compile_s=f'{timed.compile_s:.3g}', median_ms=f'{1e3 * med:.6g}',
@@ -254,8 +256,9 @@ def markdown(rows) -> str:
     first = rs[0]
     shapes = sorted({(r['size'], r['batch'], r['inputs'], r['targets']) for r in rs})
     shape_text = ', '.join(f'{s} {b} x {i}/{t}' for s, b, i, t in shapes)
+    malloc = f', malloc {first["allocator"]}' if first['device'].startswith('cpu') else ''
     out.append(f'Run `{run_name}` ({first["date"]}, {first["device"]}, {first["dtype"]}, '
-               f'{shape_text}, load average {first["loadavg"]} at the end):\n')
+               f'{shape_text}{malloc}, load average {first["loadavg"]} at the end):\n')
     out.append('| size | variant | option | train ms | train ratio | train FLOPs ratio | '
                'peak memory ratio | decode ms | decode ratio | tokens/s | MFU |')
     out.append('|---|---|---|---|---|---|---|---|---|---|---|')

@@ -37,6 +37,9 @@ SETTINGS = {
     'k2_scan_remat_full': dict(altup_k=2, scan_layers=True, remat_policy='full'),
     'k2_remat_minimal': dict(altup_k=2, remat_policy='minimal'),
     'gemma3n_k4_scan_remat_minimal': dict(GEMMA3N, scan_layers=True, remat_policy='minimal'),
+    'k4_scan_remat_minimal': dict(altup_k=4, scan_layers=True, remat_policy='minimal'),
+    'k3_moe': dict(altup_k=3, moe_num_experts=2, moe_every=2, moe_top_k=1,
+                   moe_capacity_factor=2.0),
 }
 
 
@@ -66,7 +69,8 @@ def _params(cfg, data):
 
 # One setting of each kind in the default suite (dynamic, Gemma 3n, MoE, Sequence-AltUp, scan +
 # remat); the rest with the slow tests.
-DEFAULT = ('k2', 'k4', 'k2_dynamic', 'gemma3n_k4', 'k2_moe', 'k2_sequence_s2', 'k2_scan_remat_full')
+DEFAULT = ('k2', 'k4', 'k2_dynamic', 'gemma3n_k4', 'k2_moe', 'k2_sequence_s2', 'k2_scan_remat_full',
+           'k4_scan_remat_minimal')
 
 
 @pytest.mark.parametrize('name', [pytest.param(n, marks=() if n in DEFAULT else pytest.mark.slow)
@@ -154,3 +158,57 @@ def test_fused_stream_layout_by_k():
     state = network.begin_stream(cfg, xk)
     assert isinstance(state[0], tuple) == (k <= network.BLOCKS_LAYOUT_MAX_K)
     np.testing.assert_array_equal(network.end_stream(cfg, state), xk)
+
+
+@pytest.mark.parametrize('k', [3, 4])
+@pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
+def test_stacked_step_equals_numpy_and_its_backward_equals_autodiff(k, dtype):
+  """altup.stacked_deferred_step (the stacked stream with static coefficients) returns NumPy's
+  z^{j*} + g[j*] delta, P (z + g (x) delta) and its block j*; its hand-written backward pass equals
+  JAX's autodiff of the plain formulas (corrected_block, predict_deferred, a slice) for every
+  active block, in the stream's dtype."""
+  from altup_t5x import altup  # pylint: disable=g-import-not-at-top
+  rng = np.random.RandomState(k)
+  b, l, d = 2, 3, 5
+  z = jnp.asarray(rng.normal(size=(b, l, k, d)), dtype)
+  g = jnp.asarray(1 + 0.3 * rng.normal(size=(k,)), jnp.float32)
+  delta = jnp.asarray(rng.normal(size=(b, l, d)), jnp.float32)
+  p = jnp.asarray(np.eye(k) + 0.3 * rng.normal(size=(k, k)), jnp.float32)
+  cotangents = tuple(jnp.asarray(rng.normal(size=s), jnp.float32)
+                     for s in ((b, l, d), (b, l, k, d), (b, l, d)))
+  y = (np.asarray(z, np.float64) + np.asarray(g, np.float64)[:, None] *
+       np.asarray(delta, np.float64)[..., None, :])
+  xhat = np.einsum('ij,...jd->...id', np.asarray(p, np.float64), y)
+  for block in range(k):
+    def plain(z, g, delta, p, block=block):
+      predicted = altup.predict_deferred(z, g, delta, p)
+      return altup.corrected_block(z, g, delta, block), predicted, predicted[..., block, :]
+    ours = lambda z, g, delta, p, block=block: altup.stacked_deferred_step(z, g, delta, p, block)
+    with jax.default_matmul_precision('highest'):
+      got, vjp = jax.vjp(ours, z, g, delta, p)
+      _, vjp_plain = jax.vjp(plain, z, g, delta, p)
+      grads, grads_plain = vjp(cotangents), vjp_plain(cotangents)
+    for a, want in zip(got, (y[..., block, :], xhat, xhat[..., block, :])):
+      np.testing.assert_allclose(np.asarray(a), want, rtol=1e-5, atol=1e-5)
+    for name, a, want in zip(('z', 'g', 'delta', 'p'), grads, grads_plain):
+      assert a.dtype == want.dtype and a.shape == want.shape, name
+      tol = 1e-5 if a.dtype == jnp.float32 else 1e-2  # bfloat16: both round once to 8 bits
+      scale = float(np.max(np.abs(np.asarray(want, np.float32))))
+      err = float(np.max(np.abs(np.asarray(a, np.float32) - np.asarray(want, np.float32))))
+      assert err <= tol * scale, (name, block, err, scale)
+
+
+def test_static_stacked_stream_takes_the_hand_written_backward():
+  """Fused AltUp with static coefficients and a stacked stream (K > BLOCKS_LAYOUT_MAX_K) runs
+  altup.stacked_deferred_step (a custom VJP in the traced program); dynamic coefficients do not."""
+  from altup_t5x import network  # pylint: disable=g-import-not-at-top
+  data = _data()
+  for settings, expected in ((dict(altup_k=4), True), (dict(altup_k=4, altup_coefficients='dynamic'),
+                                                       False)):
+    cfg = tiny_config(**settings)
+    assert cfg.altup_k > network.BLOCKS_LAYOUT_MAX_K
+    params = jax.eval_shape(lambda: Transformer(cfg).init(jax.random.PRNGKey(0), *data,
+                                                          enable_dropout=False))['params']
+    jaxpr = str(jax.make_jaxpr(lambda p: Transformer(cfg).apply({'params': p}, *data,
+                                                                enable_dropout=False))(params))
+    assert ('custom_vjp_call' in jaxpr) == expected, settings
