@@ -237,9 +237,11 @@ def _corrector(cfg: AltUpConfig, coefficients: nn.Module, g, layer_output):
 
 
 # Fused AltUp with K up to this carries its K blocks as K separate [b, l, d] arrays, not stacked:
-# same function, less memory traffic where it was measured (the AltUp updates of 4 layers alone,
-# fwd + bwd at 8 x 512 x 512 on CPU, `python -m studies.update_layout`: K=2 0.70x the stacked
-# fused time, K=4 1.04x, so K=4 stays stacked).
+# same function, less memory traffic where it was measured (`python -m studies.update_layout`, the
+# updates of 4 layers alone, fwd + bwd at 8 x 512 x 512 on CPU around a T5-shaped stand-in layer:
+# K=2 separate blocks 0.64x the stacked fused time, the stacked stream's hand-written backward
+# pass, `altup.stacked_deferred_step`, 0.84x; at K=4 the two within 3% of each other, 0.70x and
+# 0.72x, so K=4 keeps the stacked stream and its single [b, l, k, d] sharding constraint).
 BLOCKS_LAYOUT_MAX_K = 2
 
 

@@ -138,8 +138,8 @@ def allocator() -> str:
 
   XLA:CPU allocates each step's buffers anew, so on CPU the allocator is part of what a step time
   measures: glibc hands buffers over 32 MiB back to the kernel when they are freed, and the next
-  step takes them back as page faults (on a 2-core CPU, zero-filling the 263 MB gradient of
-  T5.1.1-small's K=4 wide table took about 3x as long as with jemalloc set never to return memory,
+  step takes them back as page faults (zero-filling the 263 MB gradient of T5.1.1-small's K=4 wide
+  table, for one, takes several times as long as with jemalloc set never to return memory:
   `MALLOC_CONF=retain:true,dirty_decay_ms:-1,muzzy_decay_ms:-1`); accelerator runtimes keep device
   memory in a pool of their own.
   """

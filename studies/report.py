@@ -248,7 +248,8 @@ def headline_section(out_dir, speed_rows, rel):
     r0 = cpu['baseline']['row']
     notes.append(f'unmarked: `{rel}/step_cost.csv`, run `{cpu_choice[0]}` ({r0["date"]}, '
                  f'CPU, {r0["dtype"]}, T5.1.1-{r0["size"]} at batch {r0["batch"]} x '
-                 f'{r0["inputs"]}/{r0["targets"]}, option `default`)')
+                 f'{r0["inputs"]}/{r0["targets"]}, option `default`, malloc '
+                 f'{r0.get("allocator") or "glibc"})')
   if acc:
     r0 = acc['baseline']['row']
     notes.append(f'GPU/TPU: run `{acc_choice[0]}` ({r0["date"]}, {r0["device"]}, {r0["dtype"]}, '
@@ -339,6 +340,28 @@ def step_cost_section(out_dir):
   if lines:
     out += ['The train step with fused updates (`default`, shipped) and in the textbook order '
             '(`unfused`), each against the baseline\'s `default` step of its run:', ''] + lines + ['']
+  lines = []
+  for run in dict.fromkeys(r['run'] for r in rows):
+    by = {(r['size'], r['variant'], r['kind']): float(r['median_ms']) for r in rows
+          if r['run'] == run and r['option'] == 'default'}
+    for size in dict.fromkeys(k[0] for k in by):
+      if (size, 'baseline', 'optimizer') not in by or (size, 'baseline', 'train') not in by:
+        continue
+      rest = lambda v: by[(size, v, 'train')] - by[(size, v, 'optimizer')]
+      b_train, b_opt = by[(size, 'baseline', 'train')], by[(size, 'baseline', 'optimizer')]
+      parts = [f'{AFFIX.get(v, v)}: train step {by[(sz, v, kind)] / b_train:.3f}x, optimizer '
+               f'update {by[(sz, v, "optimizer")] / b_opt:.3f}x, the rest '
+               f'{rest(v) / rest("baseline"):.3f}x'
+               for (sz, v, kind) in by if sz == size and kind == 'train' and v != 'baseline'
+               and (sz, v, 'optimizer') in by]
+      if parts:
+        lines.append(f'- run `{run}`{"" if len({k[0] for k in by}) == 1 else f" ({size})"} (the '
+                     f'baseline\'s optimizer update {b_opt:.1f} ms of its {b_train:.1f} ms step, '
+                     f'{b_opt / b_train:.0%}): ' + '; '.join(parts) + '.')
+  if lines:
+    out += ['Where the optimizer update alone was timed: the train step split into the optimizer '
+            'update (a per-parameter cost) and the rest (train ms minus optimizer ms), each '
+            'against the baseline\'s:', ''] + lines + ['']
   out.append(update_layout_section(out_dir))
   return '\n'.join(out)
 
@@ -349,15 +372,21 @@ def update_layout_section(out_dir):
   if not rows:
     return ''
   out = ['### The AltUp update alone, by stream layout', '',
-         'N layers\' predict / compute / correct around a stand-in layer (tanh(x W) on the active '
-         'block), forward + backward, every layout checked equal to `unfused` first '
-         '(`python -m studies.update_layout`; layouts in its docstring). `blocks`: the K blocks '
-         'as K separate arrays; `blocks_stacked_io`: the same between one unstack and one stack.',
+         'N layers\' predict / compute / correct around a stand-in layer on the active block '
+         '(`prenorm_residual`: x + tanh(rmsnorm(x) W), a T5.1.1 layer\'s shape; `tanh`: the bare '
+         'tanh(x W)), forward + backward, every layout checked equal to `unfused` first '
+         '(`python -m studies.update_layout`; layouts in its docstring). `fused_vjp`: `fused` '
+         'with its hand-written backward pass (`altup.stacked_deferred_step`); `blocks`: the K '
+         'blocks as K separate arrays; `blocks_stacked_io`: the same between one unstack and one '
+         'stack.',
          '']
   for run in dict.fromkeys(r['run'] for r in rows):
     rs = [r for r in rows if r['run'] == run]
     r0 = rs[0]
-    out += [f'Run `{run}` ({r0["date"]}, {r0["device"]}, load average {float(r0["loadavg"]):.1f}, '
+    malloc = f', malloc {r0["allocator"]}' if r0.get('allocator') else ''
+    malloc += f', stand-in layer `{r0["layer"]}`' if r0.get('layer') else ''
+    out += [f'Run `{run}` ({r0["date"]}, {r0["device"]}{malloc}, load average '
+            f'{float(r0["loadavg"]):.1f}, '
             f'{r0["batch"]} x {r0["length"]} x {r0["width"]}, {r0["layers"]} layers, '
             f'{r0["calls"]} calls per layout):', '',
             '| K | layout | median ms | spread ms | / unfused | / fused | GFLOPs | MB accessed |',
@@ -492,7 +521,9 @@ def auto_summary(rows, t5x_rows, q, out_dir=None):
     lines.append(
         f'- Train step, {"CPU" if r0["device"].startswith("cpu") else r0["device"]} '
         f'{r0["dtype"]}, T5.1.1-{r0["size"]} at batch {r0["batch"]} x '
-        f'{r0["inputs"]}/{r0["targets"]} (`benchmarks/step_cost.csv`, run `{choice[0]}`), time / '
+        f'{r0["inputs"]}/{r0["targets"]} (`benchmarks/step_cost.csv`, run `{choice[0]}`'
+        + (f', malloc {r0.get("allocator") or "glibc"}' if r0['device'].startswith('cpu') else '')
+        + '), time / '
         'FLOPs / peak memory against the baseline: ' + ', '.join(
             f'{AFFIX.get(v, _name(v))} {c["time"]:.2f}x / {c["flops"]:.2f}x / {c["mem"]:.2f}x'
             for v, c in cost.items() if v != 'baseline') + '.')

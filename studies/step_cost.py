@@ -18,7 +18,9 @@ vendors' data sheets; empty on CPU).
 
 Options: `default` = the shipped T5X settings (gather lookup, fused updates, unrolled layers);
 `unfused` = predict / layer / correct per layer (the textbook order, two passes over the stream);
-`one_hot` = T5X's one-hot matmul lookup; `scanned` = scan_layers=True.
+`one_hot` = T5X's one-hot matmul lookup; `scanned` = scan_layers=True. Each `default` case also
+times its optimizer update alone (kind `optimizer`: Adafactor on gradients shaped like the
+parameters), the part of a train step that grows with the parameter count, not with the batch.
 Rows are appended to --csv (benchmarks/step_cost.csv), one per (case, kind), with the run's name,
 the device, the load average, the date and the process's malloc (on CPU the allocator is part of a
 step's time: `studies.common.allocator`).
@@ -30,6 +32,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from altup_t5x import csv_tables
 from altup_t5x.config import ConfigError
@@ -118,10 +121,25 @@ class Case:
     self.decode = common.Timed('decode', decode_step, fresh(), donate=(0,), reset=fresh,
                                stateful=lambda s, out: (out[0], out[1], s[2], s[3]))
     self.decode.steps_per_reset = lt
+
+    # The optimizer update alone (Adafactor on gradients shaped like the params, on a copy of them,
+    # updated in place as in the train step): its cost grows with the parameter count, not the
+    # batch, so it tells how much of a train step is per-parameter work.
+    def optimizer_update(p, s, grads):
+      updates, s = optimizer.update(grads, s, p)
+      return optax.apply_updates(p, updates), s
+
+    self.optimizer = None
+    if option == 'default':  # the other options have the same parameters
+      copy = jax.jit(lambda p: jax.tree_util.tree_map(jnp.copy, p))
+      own, grads = copy(params), copy(params)
+      self.optimizer = common.Timed('optimizer', optimizer_update,
+                                    (own, jax.jit(optimizer.init)(own), grads), donate=(0, 1),
+                                    stateful=lambda s, out: (out[0], out[1], s[2]))
     self.calls = 0
 
   def timeds(self):
-    return (self.train, self.decode)
+    return tuple(t for t in (self.train, self.decode, self.optimizer) if t is not None)
 
 
 def run(sizes, variants, options, dtype, shapes, rounds, steps, csv_path, run_name):
@@ -139,8 +157,9 @@ def run(sizes, variants, options, dtype, shapes, rounds, steps, csv_path, run_na
         todo.append((size, variant, option))
   cases = [Case(size, shapes[size], dtype, variant, option) for size, variant, option in todo]
   t0 = time.perf_counter()
-  common.compile_all([t for c in cases for t in c.timeds()])
-  print(f'compiled {len(cases)} cases x 2 programs in {time.perf_counter() - t0:.0f} s '
+  programs = [t for c in cases for t in c.timeds()]
+  common.compile_all(programs)
+  print(f'compiled {len(cases)} cases ({len(programs)} programs) in {time.perf_counter() - t0:.0f} s '
         f'on {device_name()}', flush=True)
   for r in range(rounds):
     for case in cases:
@@ -181,7 +200,7 @@ def rows_of(cases, dtype, run_name, csv_path):
       base_un = by_key.get((size, 'baseline', 'default', kind))
       base_flops = base_un[1].stats['flops'] if base_un else float('nan')
     b, li, lt = case.shape
-    tokens = b * (li + lt) if kind == 'train' else b
+    tokens = {'train': b * (li + lt), 'decode': b}.get(kind)  # the optimizer: no tokens
     rows.append(dict(
         run=run_name, date=date, device=device_name(), loadavg=load,
         allocator=common.allocator(), size=size, batch=b, inputs=li,
@@ -190,8 +209,8 @@ def rows_of(cases, dtype, run_name, csv_path):
         compile_s=f'{timed.compile_s:.3g}', median_ms=f'{1e3 * med:.6g}',
         spread_ms=f'{1e3 * (max(per_round) - min(per_round)):.3g}', calls=len(times),
         ratio=f'{med / base_med:.4f}', flops_ratio=f'{flops / base_flops:.4f}',
-        tokens_per_s=f'{tokens / med:.6g}',
-        mfu='' if peak is None else f'{flops / med / peak:.4f}'))
+        tokens_per_s='' if tokens is None else f'{tokens / med:.6g}',
+        mfu='' if peak is None or tokens is None else f'{flops / med / peak:.4f}'))
   print_table(rows)
   if csv_path:  # a re-measured case of the same run replaces its row
     csv_tables.update(csv_path, rows, COLUMNS, key=('run', 'size', 'variant', 'option', 'kind'))
@@ -260,18 +279,20 @@ def markdown(rows) -> str:
     out.append(f'Run `{run_name}` ({first["date"]}, {first["device"]}, {first["dtype"]}, '
                f'{shape_text}{malloc}, load average {first["loadavg"]} at the end):\n')
     out.append('| size | variant | option | train ms | train ratio | train FLOPs ratio | '
-               'peak memory ratio | decode ms | decode ratio | tokens/s | MFU |')
-    out.append('|---|---|---|---|---|---|---|---|---|---|---|')
+               'peak memory ratio | decode ms | decode ratio | optimizer ms | tokens/s | MFU |')
+    out.append('|---|---|---|---|---|---|---|---|---|---|---|---|')
     by = {(r['size'], r['variant'], r['option'], r['kind']): r for r in rs}
     for (size, variant, option, kind), r in by.items():
       if kind != 'train':
         continue
       d = by.get((size, variant, option, 'decode'), {})
+      o = by.get((size, variant, option, 'optimizer'))
+      opt = f'{float(o["median_ms"]):.1f}' if o else '-'
       base = by.get((size, 'baseline', option if option != 'unfused' else 'default', 'train'))
       mem = (float(r['peak_bytes']) / float(base['peak_bytes'])) if base else float('nan')
       out.append(f'| {size} | {variant} | {option} | {float(r["median_ms"]):.1f} | '
                  f'{float(r["ratio"]):.3f}x | {float(r["flops_ratio"]):.3f}x | {mem:.3f}x | '
                  f'{float(d.get("median_ms", "nan")):.2f} | {float(d.get("ratio", "nan")):.3f}x | '
-                 f'{float(r["tokens_per_s"]):.0f} | {r["mfu"] or "-"} |')
+                 f'{opt} | {float(r["tokens_per_s"]):.0f} | {r["mfu"] or "-"} |')
     out.append('')
   return '\n'.join(out)

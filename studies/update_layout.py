@@ -1,4 +1,4 @@
-"""The AltUp update in four memory layouts of the stream: time, FLOPs and bytes of fwd + bwd.
+"""The AltUp update in several memory layouts of the stream: time, FLOPs and bytes of fwd + bwd.
 
 N layers' predict / compute / correct around a cheap stand-in layer, every layout timed side by side
 in one process, after a check that they all compute the same loss and gradients.
@@ -20,6 +20,9 @@ Layouts (all compute the same function; `check_equivalence` verifies the loss an
   fused              the deferred correction on the stacked stream, as `network.run_layers` runs it:
                      (z, g, delta) = (x, 0, 0); per layer `altup.corrected_block`, then
                      `altup.predict_deferred`; `altup.apply_correction` after the last layer.
+  fused_vjp          `fused` with each layer's stream arithmetic as `altup.stacked_deferred_step`:
+                     the same formulas with a hand-written backward pass (the network's stacked
+                     stream with static coefficients, K > network.BLOCKS_LAYOUT_MAX_K).
   blocks             the deferred correction with the stream as a tuple of K [b, l, d] arrays:
                      xhat_i = sum_j p[i, j] z_j + (P g)_i delta written per block, the active block
                      taken by Python indexing (no slice, so no pad in the backward pass). Input and
@@ -28,8 +31,8 @@ Layouts (all compute the same function; `check_equivalence` verifies the loss an
                      the output: what a drop-in replacement inside the network would cost.
 
 The problem: N layers (default 4), layer i runs on block j* = i mod K and reads the corrected block
-(`altup_layer_input='input'`); layer i is tanh(x @ W_i) with W_i [d, d]; p_i [K, K] and g_i [K] are
-parameters. The timed program is `jax.value_and_grad` of mean(y^2) over the output stream y with
+(`altup_layer_input='input'`); layer i is x + tanh(rmsnorm(x) @ W_i) with W_i [d, d], a T5.1.1
+layer's shape (pre-norm, residual) with one matmul; p_i [K, K] and g_i [K] are parameters. The timed program is `jax.value_and_grad` of mean(y^2) over the output stream y with
 respect to the stream input, every p_i, g_i and W_i.
 
 Method. Before timing, every layout is checked against `unfused` at a small shape (CHECK_SHAPE, at
@@ -59,13 +62,13 @@ from altup_t5x import altup
 from altup_t5x import csv_tables
 from studies import common
 
-LAYOUTS = ('unfused', 'fused', 'blocks', 'blocks_stacked_io')
+LAYOUTS = ('unfused', 'fused', 'fused_vjp', 'blocks', 'blocks_stacked_io')
 # Layouts whose stream (input and its gradient) is a tuple of K [b, l, d] arrays, not [b, l, K, d].
 TUPLE_LAYOUTS = ('blocks',)
 DEFAULT_SHAPE = (8, 512, 512)  # batch, length, block width d
 CHECK_SHAPE = (2, 16, 32)  # the equivalence check's shape, and --quick's
-COLUMNS = ['run', 'date', 'device', 'loadavg', 'batch', 'length', 'width', 'layers', 'k', 'layout',
-           'flops', 'bytes_accessed', 'peak_bytes', 'compile_s', 'median_ms', 'spread_ms', 'calls',
+COLUMNS = ['run', 'date', 'device', 'loadavg', 'allocator', 'layer', 'batch', 'length', 'width',
+           'layers', 'k', 'layout', 'flops', 'bytes_accessed', 'peak_bytes', 'compile_s', 'median_ms', 'spread_ms', 'calls',
            'ratio_unfused', 'ratio_fused']
 CSV_KEY = ('run', 'batch', 'length', 'width', 'layers', 'k', 'layout')
 
@@ -95,9 +98,17 @@ def make_problem(k: int, shape: Tuple[int, int, int], layers: int, seed: int = 0
   return x, params
 
 
+# The stand-in layer, as the CSV's `layer` column names it. A T5.1.1 layer normalises its input
+# and adds its output to it; both change which layout is cheapest (XLA fuses the backward pass of
+# the stream's arithmetic into the layer's own), so the stand-in does too. Rows with `tanh` were
+# measured with the bare tanh(x W).
+LAYER = 'prenorm_residual'
+
+
 def layer_fn(x, w):
-  """The stand-in layer on the active block, [..., d] -> [..., d]: a matmul, then elementwise."""
-  return jnp.tanh(x @ w)
+  """The stand-in layer on the active block, [..., d] -> [..., d]: x + tanh(rmsnorm(x) W)."""
+  normed = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + 1e-6)
+  return x + jnp.tanh(normed @ w)
 
 
 def stream_unfused(x, params):
@@ -121,6 +132,19 @@ def stream_fused(x, params):
     xhat = altup.predict_deferred(z, g, delta, lp['p'])  # P z + (P g) (x) delta
     out = layer_fn(x_active, lp['w'])
     z, g, delta = xhat, lp['g'], out - xhat[..., block, :]
+  return altup.apply_correction(z, g, delta)
+
+
+def stream_fused_vjp(x, params):
+  """`fused` with each layer's stream arithmetic as `altup.stacked_deferred_step` (its hand-written
+  backward pass), as `network.run_layers` runs a stacked stream with static coefficients."""
+  k = x.shape[-2]
+  z, g, delta = x, jnp.zeros((k,), jnp.float32), jnp.zeros(x.shape[:-2] + x.shape[-1:], jnp.float32)
+  for i, lp in enumerate(params):
+    block = i % k
+    x_active, xhat, xhat_active = altup.stacked_deferred_step(z, g, delta, lp['p'], block)
+    out = layer_fn(x_active, lp['w'])
+    z, g, delta = xhat, lp['g'], out - xhat_active
   return altup.apply_correction(z, g, delta)
 
 
@@ -156,8 +180,8 @@ def stream_blocks_stacked_io(x, params):
   return jnp.stack(stream_blocks(jnp.unstack(x, axis=-2), params), axis=-2)
 
 
-STREAMS = {'unfused': stream_unfused, 'fused': stream_fused, 'blocks': stream_blocks,
-           'blocks_stacked_io': stream_blocks_stacked_io}
+STREAMS = {'unfused': stream_unfused, 'fused': stream_fused, 'fused_vjp': stream_fused_vjp,
+           'blocks': stream_blocks, 'blocks_stacked_io': stream_blocks_stacked_io}
 
 
 def loss_fn(layout: str):
@@ -292,7 +316,8 @@ def rows_of(cases: Sequence[Case], shape, layers: int, run_name: str) -> List[Di
   for c in cases:
     stats = c.timed.stats
     rows.append(dict(
-        run=run_name, date=date, device=device_name(), loadavg=load, batch=b, length=l, width=d,
+        run=run_name, date=date, device=device_name(), loadavg=load,
+        allocator=common.allocator(), layer=LAYER, batch=b, length=l, width=d,
         layers=layers, k=c.k, layout=c.layout, flops=f'{stats["flops"]:.6g}',
         bytes_accessed=f'{stats["bytes_accessed"]:.6g}', peak_bytes=f'{stats["peak_bytes"]:.6g}',
         compile_s=f'{c.timed.compile_s:.3g}', median_ms=f'{1e3 * median[(c.k, c.layout)]:.6g}',

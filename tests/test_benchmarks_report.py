@@ -202,6 +202,38 @@ def test_headline_gpu_column_reads_accelerator_rows_only(tmp_path):
           in section)
 
 
+def test_step_cost_table_names_the_malloc_and_the_optimizer_update():
+  """Each CPU run's table names the malloc it ran with; a case's optimizer-alone row fills the
+  `optimizer ms` column (cases without one show '-')."""
+  from studies import step_cost  # pylint: disable=g-import-not-at-top
+  rows = [_cost_row('c', 'cpu:cpu', 'baseline', 100, 200.0, 10),
+          _cost_row('c', 'cpu:cpu', 'altup_k2', 101, 230.0, 12),
+          dict(_cost_row('c', 'cpu:cpu', 'baseline', 5, 40.5, 4), kind='optimizer')]
+  for r in rows:
+    r['allocator'] = 'jemalloc retain:true'
+  text = step_cost.markdown(rows)
+  assert 'malloc jemalloc retain:true, load average' in text
+  lines = {l.split(' | ')[1]: l for l in text.splitlines() if l.startswith('| small |')}
+  assert ' | 40.5 | ' in lines['baseline'] and ' | - | ' in lines['altup_k2']
+  gpu = [dict(r, device='gpu:NVIDIA H200') for r in rows[:2]]
+  assert 'malloc' not in step_cost.markdown(gpu)
+
+
+def test_step_cost_section_splits_the_step_into_optimizer_and_rest(tmp_path):
+  """With optimizer-alone rows, the section gives each variant's train step, optimizer update and
+  the rest (train minus optimizer) against the baseline's, from the CSV's medians."""
+  from altup_t5x import csv_tables  # pylint: disable=g-import-not-at-top
+  from studies import step_cost  # pylint: disable=g-import-not-at-top
+  rows = [_cost_row('c', 'cpu:cpu', 'baseline', 100, 200.0, 10),
+          _cost_row('c', 'cpu:cpu', 'altup_k2', 101, 230.0, 12),
+          dict(_cost_row('c', 'cpu:cpu', 'baseline', 5, 50.0, 4), kind='optimizer'),
+          dict(_cost_row('c', 'cpu:cpu', 'altup_k2', 6, 60.0, 5), kind='optimizer')]
+  csv_tables.write(str(tmp_path / 'step_cost.csv'), rows, step_cost.COLUMNS)
+  section = report.step_cost_section(str(tmp_path))
+  assert ('- run `c` (the baseline\'s optimizer update 50.0 ms of its 200.0 ms step, 25%): '
+          'AltUp K=2: train step 1.150x, optimizer update 1.200x, the rest 1.133x.') in section
+
+
 def _study_runs():
   """Synthetic fidelity runs: a sweep (baseline best at 0.03, AltUp K=2 at 0.1), claim (a)
   reproduced at 0.03/0.03, and the dense 2x reference (g3) better than AltUp K=2 on every seed."""

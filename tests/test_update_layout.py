@@ -1,4 +1,4 @@
-"""studies/update_layout.py: its four layouts of the AltUp update compute one function.
+"""studies/update_layout.py: its layouts of the AltUp update compute one function.
 
 The timed layouts (stacked unfused, stacked fused, per-block tuple, per-block between one unstack
 and one stack) must give the same loss and gradients; 'unfused' itself is held to a float64 NumPy
@@ -15,7 +15,8 @@ LAYERS = 4
 
 
 def np_loss(x, params):
-  """mean(y^2) of the output of predict / tanh(x_{j*} W) / correct per layer, float64, per block."""
+  """mean(y^2) of the output of predict / x + tanh(rmsnorm(x) W) on x_{j*} / correct per layer,
+  float64, per block."""
   x = np.asarray(x, np.float64)
   k = x.shape[-2]
   blocks = [x[..., j, :] for j in range(k)]
@@ -23,7 +24,9 @@ def np_loss(x, params):
     p, g, w = (np.asarray(lp[name], np.float64) for name in ('p', 'g', 'w'))
     block = i % k
     xhat = [sum(p[r, j] * blocks[j] for j in range(k)) for r in range(k)]
-    out = np.tanh(blocks[block] @ w)  # the layer reads the block before the predictor
+    x_in = blocks[block]  # the layer reads the block before the predictor
+    normed = x_in / np.sqrt(np.mean(np.square(x_in), axis=-1, keepdims=True) + 1e-6)
+    out = x_in + np.tanh(normed @ w)
     blocks = [xhat[r] + g[r] * (out - xhat[block]) for r in range(k)]
   return float(np.mean(np.square(np.stack(blocks, axis=-2))))
 
