@@ -159,8 +159,8 @@ def run(sizes, variants, options, dtype, shapes, rounds, steps, csv_path, run_na
   t0 = time.perf_counter()
   programs = [t for c in cases for t in c.timeds()]
   common.compile_all(programs)
-  print(f'compiled {len(cases)} cases ({len(programs)} programs) in {time.perf_counter() - t0:.0f} s '
-        f'on {device_name()}', flush=True)
+  print(f'compiled {len(cases)} cases ({len(programs)} programs) in '
+        f'{time.perf_counter() - t0:.0f} s on {device_name()}', flush=True)
   for r in range(rounds):
     for case in cases:
       for timed in case.timeds():

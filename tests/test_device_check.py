@@ -20,12 +20,15 @@ def test_device_check_tiny_run_writes_its_rows(tmp_path):
   assert 'on cpu' in out.stdout, out.stdout
   rows = csv_tables.read(csv_path)
   cases = {(r['variant'], r['option'], r['kind']) for r in rows}
+  # The optimizer update alone is timed once per variant, with the shipped settings.
   assert cases == {(v, o, k) for v in ('baseline', 'altup_k2') for o in ('default', 'scanned')
-                   for k in ('train', 'decode')}
+                   for k in ('train', 'decode')} | {(v, 'default', 'optimizer')
+                                                    for v in ('baseline', 'altup_k2')}
   for r in rows:
     assert r['dtype'] == 'bfloat16' and r['device'].startswith('cpu') and r['run'].startswith('tiny-')
     assert float(r['median_ms']) > 0 and float(r['flops']) > 0 and float(r['peak_bytes']) > 0
     assert r['mfu'] == ''  # no known peak for a CPU
+    assert (r['tokens_per_s'] == '') == (r['kind'] == 'optimizer')
     if r['variant'] == 'baseline':
       assert float(r['ratio']) == 1.0 and float(r['flops_ratio']) == 1.0
   by = {(r['variant'], r['option'], r['kind']): r for r in rows}
