@@ -195,7 +195,7 @@ def _stacked_forward(z, g, delta, p, block):
   g, p, delta = g.astype(jnp.float32), p.astype(jnp.float32), delta.astype(jnp.float32)
   pg = p @ g
   xhat = _mix(p, zf) + pg[:, None] * delta[..., None, :]
-  return zf[..., block, :] + g[block] * delta, xhat, xhat[..., block, :]
+  return corrected_block(zf, g, delta, block), xhat, xhat[..., block, :]
 
 
 def _stacked_fwd(z, g, delta, p, block):

@@ -161,6 +161,15 @@ def make_optimizer(learning_rate=0.01):
                            multiply_by_parameter_scale=True)
 
 
+def make_optimizer_update(optimizer):
+  """(params, opt_state, grads) -> (new params, new opt_state): the optimizer update alone, to time
+  the part of a train step that grows with the parameter count, not the batch."""
+  def optimizer_update(params, opt_state, grads):
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+  return optimizer_update
+
+
 def make_train_step(module, optimizer):
   loss_fn = make_loss_fn(module)
 

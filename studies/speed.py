@@ -17,14 +17,13 @@ from typing import List
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-
 from altup_t5x import csv_tables
 from altup_t5x.models import count_params
 from altup_t5x.network import Transformer
 from studies.common import (ALL_VARIANTS, KINDS, QUICK_SHAPES, QUICK_VARIANTS, SPEED_SHAPES,
                             SPEED_VARIANTS, VARIANTS, Timed, compile_all, init_params, make_config,
-                            make_optimizer, make_train_step, random_batch)
+                            make_optimizer, make_optimizer_update, make_train_step,
+                            random_batch)
 
 def build_speed_case(size_name: str, shape: dict, variant: str, seed: int = 0):
   """Compiles the train step, forward pass and cached decode step of one variant."""
@@ -78,9 +77,7 @@ def build_speed_case(size_name: str, shape: dict, variant: str, seed: int = 0):
 
   # The optimizer update alone (Adafactor on gradients shaped like the params): its cost grows with
   # the parameter count, not the batch, so it tells how much of the step time is per-parameter.
-  def opt_update(p, s, g):
-    updates, s = optimizer.update(g, s, p)
-    return optax.apply_updates(p, updates), s
+  opt_update = make_optimizer_update(optimizer)
 
   # The (never donated) params serve as the parameters and as gradients, and the updated params are
   # dropped: only the optimizer state is fed back, so no further copy of a large tree stays in memory.

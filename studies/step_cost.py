@@ -32,7 +32,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from altup_t5x import csv_tables
 from altup_t5x.config import ConfigError
@@ -60,9 +59,9 @@ VOCAB = {'tiny': 1100}  # every other size: T5's 32128
 # 989 TFLOPS; Google Cloud TPU v4 275, v5e 197, v5p 459).
 PEAK_FLOPS = {'a100': 312e12, 'h100': 989e12, 'h200': 989e12, 'tpu v4': 275e12,
               'tpu v5 lite': 197e12, 'tpu v5e': 197e12, 'tpu v5p': 459e12}
-COLUMNS = ['run', 'date', 'device', 'loadavg', 'allocator', 'size', 'batch', 'inputs', 'targets', 'dtype',
-           'variant', 'option', 'kind', 'params', 'flops', 'peak_bytes', 'compile_s', 'median_ms',
-           'spread_ms', 'calls', 'ratio', 'flops_ratio', 'tokens_per_s', 'mfu']
+COLUMNS = ['run', 'date', 'device', 'loadavg', 'allocator', 'size', 'batch', 'inputs', 'targets',
+           'dtype', 'variant', 'option', 'kind', 'params', 'flops', 'peak_bytes', 'compile_s',
+           'median_ms', 'spread_ms', 'calls', 'ratio', 'flops_ratio', 'tokens_per_s', 'mfu']
 
 
 def device_name() -> str:
@@ -125,15 +124,11 @@ class Case:
     # The optimizer update alone (Adafactor on gradients shaped like the params, on a copy of them,
     # updated in place as in the train step): its cost grows with the parameter count, not the
     # batch, so it tells how much of a train step is per-parameter work.
-    def optimizer_update(p, s, grads):
-      updates, s = optimizer.update(grads, s, p)
-      return optax.apply_updates(p, updates), s
-
     self.optimizer = None
     if option == 'default':  # the other options have the same parameters
       copy = jax.jit(lambda p: jax.tree_util.tree_map(jnp.copy, p))
       own, grads = copy(params), copy(params)
-      self.optimizer = common.Timed('optimizer', optimizer_update,
+      self.optimizer = common.Timed('optimizer', common.make_optimizer_update(optimizer),
                                     (own, jax.jit(optimizer.init)(own), grads), donate=(0, 1),
                                     stateful=lambda s, out: (out[0], out[1], s[2]))
     self.calls = 0
